@@ -1,0 +1,48 @@
+# Two entry points: `make run` (the main job) and `make test`. Both set up on first use:
+# a virtual environment in .venv and the broker and Delta jars in .cache/jars.
+
+PYTHON ?= python3.11
+VENV := .venv
+BCRATOS := $(VENV)/bin/bcratos
+INSTALLED := $(VENV)/.installed
+JARS := .cache/jars/kafka/.resolved .cache/jars/spark/.resolved
+
+# The test stack has its own data directory and ports, so `make test` never touches the data
+# or the broker of a stack that `make run` left running.
+TEST_ENV := BCRATOS_DATA_DIR=$(CURDIR)/.bcratos-test BCRATOS_KAFKA__PORT=19092 \
+	BCRATOS_KAFKA__CONTROLLER_PORT=19093
+PYTEST_ARGS ?=
+
+.PHONY: run test setup jars stop lint
+
+setup: $(INSTALLED) $(JARS)
+
+$(INSTALLED): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $@
+
+$(JARS): $(INSTALLED) infra/maven/kafka/pom.xml infra/maven/spark/pom.xml
+	$(BCRATOS) stack jars
+
+run: setup
+	$(BCRATOS) stack up
+
+# Starts the test stack unless it already runs, runs pytest, and stops the stack only if this
+# target started it.
+test: setup
+	@started=0; \
+	if ! $(TEST_ENV) $(BCRATOS) stack status >/dev/null 2>&1; then \
+		$(TEST_ENV) $(BCRATOS) stack up || exit 1; started=1; \
+	fi; \
+	$(TEST_ENV) $(VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$started = 1 ]; then $(TEST_ENV) $(BCRATOS) stack down; fi; \
+	exit $$rc
+
+stop: setup
+	$(BCRATOS) stack down
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy bcratos infra

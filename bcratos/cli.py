@@ -1,0 +1,116 @@
+"""The ``bcratos`` command line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated
+
+import typer
+
+from bcratos.config import ConfigError, Settings, load_settings
+
+app = typer.Typer(no_args_is_help=True, help="bcratos: streaming data platform for implanted BCIs.")
+stack_app = typer.Typer(no_args_is_help=True, help="Run the embedded single-machine stack.")
+app.add_typer(stack_app, name="stack")
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from exc
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+@app.callback()
+def _configure_logging(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at DEBUG level.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@stack_app.command("jars")
+def stack_jars() -> None:
+    """Resolve the Kafka broker and Delta jars with Maven (once; later calls do nothing)."""
+    from infra import jars
+    from infra.exceptions import StackError
+
+    settings = _settings()
+    try:
+        for jar_set in ("kafka", "spark"):
+            folder = jars.resolve(settings.jars_dir, jar_set)
+            typer.echo(f"{jar_set} jars: {folder}")
+    except StackError as exc:
+        raise _fail(str(exc)) from exc
+
+
+@stack_app.command("up")
+def stack_up() -> None:
+    """Start the embedded Kafka broker and provision the topics (idempotent)."""
+    from infra import stack
+    from infra.exceptions import StackError
+
+    settings = _settings()
+    try:
+        plan = stack.up(settings)
+    except StackError as exc:
+        raise _fail(str(exc)) from exc
+    if plan.created:
+        typer.echo(f"created topics: {', '.join(plan.created)}")
+    for name, configs in plan.altered.items():
+        typer.echo(f"altered topic {name}: {configs}")
+    for problem in plan.not_applied:
+        typer.echo(f"not applied: {problem}", err=True)
+    _print_status(settings)
+
+
+@stack_app.command("status")
+def stack_status() -> None:
+    """Print the stack's health; exit 0 only when the broker answers and all topics exist."""
+    if not _print_status(_settings()):
+        raise typer.Exit(1)
+
+
+@stack_app.command("down")
+def stack_down(
+    purge: Annotated[
+        bool, typer.Option("--purge", help="Also delete the data directory (broker data, lake).")
+    ] = False,
+) -> None:
+    """Stop what `bcratos stack up` started; data is kept unless --purge is given."""
+    from infra import stack
+
+    settings = _settings()
+    stopped = stack.down(settings, purge=purge)
+    typer.echo("stopped the embedded Kafka broker" if stopped else "no embedded broker was running")
+    if purge:
+        typer.echo(f"deleted {settings.data_dir}")
+
+
+def _print_status(settings: Settings) -> bool:
+    from infra import stack
+
+    status = stack.status(settings)
+    typer.echo(f"bootstrap servers: {status.bootstrap_servers}")
+    typer.echo(f"lake: {status.lake_uri}")
+    pid = f" (embedded, pid {status.broker_pid})" if status.broker_pid else ""
+    typer.echo(f"broker: {'answering' if status.broker_answers else 'not answering'}{pid}")
+    if status.missing_topics:
+        typer.echo(f"missing topics: {', '.join(status.missing_topics)}")
+    typer.echo(f"status: {'healthy' if status.healthy else 'unhealthy'}")
+    return status.healthy
+
+
+def main() -> None:
+    """Entry point of the ``bcratos`` console script."""
+    app()
