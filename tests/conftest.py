@@ -6,6 +6,7 @@ without the stack is red rather than silently green.
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import Iterator
 
@@ -13,7 +14,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from bcratos.config import Settings, load_settings
-from infra import broker
+from infra import broker, stack
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +43,22 @@ def fresh_topic(bootstrap: str) -> Iterator[str]:
     admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)])[name].result()
     yield name
     admin.delete_topics([name])[name].result()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def private_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """A broker of this test's own, on free ports, that the test may stop and restart."""
+    data_dir = tmp_path_factory.mktemp("private-stack")
+    own = load_settings(
+        data_dir=data_dir,
+        kafka={"port": _free_port(), "controller_port": _free_port(), "heap": "512m"},
+    )
+    stack.up(own)
+    yield own
+    stack.down(own)
