@@ -13,6 +13,8 @@ from bcratos.config import ConfigError, Settings, load_settings
 app = typer.Typer(no_args_is_help=True, help="bcratos: streaming data platform for implanted BCIs.")
 stack_app = typer.Typer(no_args_is_help=True, help="Run the embedded single-machine stack.")
 app.add_typer(stack_app, name="stack")
+topic_app = typer.Typer(no_args_is_help=True, help="Read platform topics.")
+app.add_typer(topic_app, name="topic")
 
 
 def _settings() -> Settings:
@@ -95,6 +97,34 @@ def stack_down(
     typer.echo("stopped the embedded Kafka broker" if stopped else "no embedded broker was running")
     if purge:
         typer.echo(f"deleted {settings.data_dir}")
+
+
+@topic_app.command("tail")
+def topic_tail(
+    topic: Annotated[str, typer.Argument(help="Topic name; short names such as raw.spikes work.")],
+    count: Annotated[int, typer.Option("--count", "-n", min=1, help="Events to print.")] = 10,
+    latest: Annotated[
+        bool, typer.Option("--latest", help="Print the last events of each partition instead.")
+    ] = False,
+    timeout_s: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait for the next event.")
+    ] = 10.0,
+) -> None:
+    """Print decoded events of a topic as JSON lines."""
+    from infra.tail import TailError, json_line, tail
+
+    settings = _settings()
+    try:
+        for event in tail(
+            settings.kafka.bootstrap,
+            settings.topic(topic),
+            count=count,
+            start="latest" if latest else "earliest",
+            timeout_s=timeout_s,
+        ):
+            typer.echo(json_line(event))
+    except TailError as exc:
+        raise _fail(str(exc)) from exc
 
 
 def _print_status(settings: Settings) -> bool:
