@@ -128,6 +128,35 @@ class AnonymizationSettings(_Section):
     """Identifier stored with each pseudonym so keys can be rotated."""
 
 
+class StreamsSettings(_Section):
+    """Stream processors: validation, anonymization, windowing and the lake sink."""
+
+    ingest_group: str = "bcratos-ingest"
+    """Faust application id (consumer group) of the validate-and-anonymize stage."""
+    sink_group: str = "bcratos-lake-sink"
+    """Consumer group of the lake sink; its Kafka offsets also live in the Delta tables."""
+    step_ms: int = Field(default=50, gt=0)
+    """Width of one model step in ms; a multiple of each board's bin width."""
+    grace_ms: int = Field(default=1000, ge=0)
+    """How long a step stays open for out-of-order frames, in ms of event time."""
+    idle_flush_s: float = Field(default=5.0, gt=0)
+    """Seconds without new frames after which a session's open steps are written."""
+    batch_rows: int = Field(default=20_000, gt=0)
+    """Rows buffered per Delta table before a commit."""
+    max_latency_s: float = Field(default=1.0, gt=0)
+    """Longest time a row waits in the sink's buffer before a commit, in seconds."""
+    max_future_skew_s: float | None = Field(default=300.0, gt=0)
+    """Seconds an event time may lie ahead of the processor clock; unset disables the check."""
+    max_past_skew_s: float | None = Field(default=None, gt=0)
+    """Seconds an event time may lie behind the processor clock; unset (default) allows replays
+    of old recordings."""
+    metrics_interval_s: float = Field(default=10.0, gt=0)
+    """Seconds between metric log lines and metric file updates."""
+    metadata_policy: dict[str, str] = Field(default_factory=dict)
+    """Metadata fields and their action (keep, pseudonymize, shift, drop), added to the
+    declared policy; undeclared fields are dropped."""
+
+
 class Settings(BaseSettings):
     """All platform settings."""
 
@@ -146,6 +175,7 @@ class Settings(BaseSettings):
     spark: SparkSettings = Field(default_factory=SparkSettings)
     lake: LakeSettings = Field(default_factory=LakeSettings)
     anonymization: AnonymizationSettings = Field(default_factory=AnonymizationSettings)
+    streams: StreamsSettings = Field(default_factory=StreamsSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -14,6 +14,7 @@ lost with the link); the stream processors drop such repeats by board id and seq
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Mapping
@@ -92,7 +93,9 @@ class BoardPublisher:
 
     Args:
         bootstrap_servers: Kafka bootstrap servers.
-        board_id: the board's identifier, used as the message key.
+        board_id: the board's identifier, used as the message key. None makes a gateway that
+            publishes for any board named in the records (a rack computer serving several
+            boards, or the load simulator); each board still gets its own sequence numbers.
         state_dir: the board's data folder; the spool and sequence file live here.
         topic_prefix: prefix of the raw topic names.
         message_timeout_s: how long the producer retries a message before reporting it failed
@@ -104,7 +107,7 @@ class BoardPublisher:
     def __init__(
         self,
         bootstrap_servers: str,
-        board_id: str,
+        board_id: str | None,
         state_dir: Path,
         *,
         topic_prefix: str = "bcratos.",
@@ -112,16 +115,16 @@ class BoardPublisher:
         probe_interval_s: float = 1.0,
         producer_config: Mapping[str, Any] | None = None,
     ) -> None:
-        if not board_id:
-            raise PublishError("board_id is empty; expected the board's identifier")
+        if board_id == "":
+            raise PublishError("board_id is empty; expected the board's identifier or None")
         self.board_id = board_id
         self.stats = PublisherStats()
-        self._key = board_id.encode()
         self._topic_prefix = topic_prefix
         self._probe_interval_s = probe_interval_s
         state_dir.mkdir(parents=True, exist_ok=True)
+        self._state_dir = state_dir
         self._spool = Spool(state_dir / "spool")
-        self._sequence = SequenceCounter(state_dir / "sequence")
+        self._sequences: dict[str, SequenceCounter] = {}
         self._config: dict[str, Any] = {
             "bootstrap.servers": bootstrap_servers,
             "enable.idempotence": True,
@@ -165,19 +168,25 @@ class BoardPublisher:
                 f"expected one of {sorted(RAW_TOPICS)}"
             )
         board_id = record.get("board_id", self.board_id)
-        if board_id != self.board_id:
+        if not board_id:
+            raise PublishError(
+                f"{record_name} has no board_id and this publisher is a gateway; "
+                "expected the board id in the record"
+            )
+        if self.board_id is not None and board_id != self.board_id:
             raise PublishError(
                 f"{record_name} has board_id {board_id!r} but this publisher is board "
-                f"{self.board_id!r}; use one publisher per board"
+                f"{self.board_id!r}; use one publisher per board or a gateway (board_id=None)"
             )
-        seq = self._sequence.take()
-        value = codec.encode(record_name, {**record, "board_id": self.board_id, "seq": seq})
+        seq = self._sequence(board_id).take()
+        value = codec.encode(record_name, {**record, "board_id": board_id, "seq": seq})
         full_topic = f"{self._topic_prefix}{topic}"
-        index = self._spool.append(full_topic, self._key, value)
+        key = board_id.encode()
+        index = self._spool.append(full_topic, key, value)
         self.stats.published += 1
 
         if index == self._next_to_send and not self._failed:
-            self._send(index, full_topic, value)
+            self._send(index, full_topic, key, value)
         self._pump()
         return seq
 
@@ -212,10 +221,20 @@ class BoardPublisher:
 
     # Internal steps.
 
-    def _send(self, index: int, topic: str, value: bytes) -> bool:
+    def _sequence(self, board_id: str) -> SequenceCounter:
+        counter = self._sequences.get(board_id)
+        if counter is None:
+            # The file name is a digest: board ids are identifying and stay out of paths.
+            digest = hashlib.sha256(board_id.encode()).hexdigest()[:24]
+            folder = self._state_dir / "sequences"
+            folder.mkdir(exist_ok=True)
+            counter = self._sequences[board_id] = SequenceCounter(folder / digest)
+        return counter
+
+    def _send(self, index: int, topic: str, key: bytes, value: bytes) -> bool:
         try:
             self._producer.produce(
-                topic, key=self._key, value=value, on_delivery=self._delivery_callback(index)
+                topic, key=key, value=value, on_delivery=self._delivery_callback(index)
             )
         except BufferError:
             self.stats.queue_full += 1
@@ -266,7 +285,7 @@ class BoardPublisher:
                 continue
             if entry.index < self._sent_high:
                 self.stats.resent += 1
-            if not self._send(entry.index, entry.topic, entry.value):
+            if not self._send(entry.index, entry.topic, entry.key, entry.value):
                 return
 
     def _advance_acknowledged(self) -> None:
