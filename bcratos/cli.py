@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -15,6 +16,10 @@ stack_app = typer.Typer(no_args_is_help=True, help="Run the embedded single-mach
 app.add_typer(stack_app, name="stack")
 topic_app = typer.Typer(no_args_is_help=True, help="Read platform topics.")
 app.add_typer(topic_app, name="topic")
+board_app = typer.Typer(no_args_is_help=True, help="Publish board events: replay and simulate.")
+app.add_typer(board_app, name="board")
+streams_app = typer.Typer(no_args_is_help=True, help="Run the stream processors.")
+app.add_typer(streams_app, name="streams")
 
 
 def _settings() -> Settings:
@@ -125,6 +130,110 @@ def topic_tail(
             typer.echo(json_line(event))
     except TailError as exc:
         raise _fail(str(exc)) from exc
+
+
+@board_app.command("replay")
+def board_replay(
+    paths: Annotated[list[Path], typer.Argument(help="Recording files; each is one session.")],
+    board_id: Annotated[str, typer.Option(help="Board id sent with every event.")] = "replay-1",
+    subject_id: Annotated[
+        str | None,
+        typer.Option(help="Subject id sent with every event; default: each file's first word."),
+    ] = None,
+    speed: Annotated[
+        float | None,
+        typer.Option(help="Times real time (1.0: as recorded); default: as fast as possible."),
+    ] = None,
+    bin_ms: Annotated[
+        int | None, typer.Option(help="Bin width in ms for 1 ms spike trains and NEV files.")
+    ] = None,
+) -> None:
+    """Replay real recordings as a board publishing to the raw topics."""
+    from boards.commands import replay_files
+    from boards.replay import RecordingFormatError
+
+    settings = _settings()
+    try:
+        result = replay_files(
+            settings, paths, board_id=board_id, subject_id=subject_id, speed=speed, bin_ms=bin_ms
+        )
+    except (RecordingFormatError, FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    for report in result.reports:
+        typer.echo(report.summary())
+    published = ", ".join(f"{name} {count}" for name, count in sorted(result.published.items()))
+    typer.echo(f"published {result.total} events in {result.elapsed_s:.1f} s: {published}")
+    if result.unflushed:
+        raise _fail(f"{result.unflushed} events are still spooled; they are sent on the next run")
+
+
+@board_app.command("simulate")
+def board_simulate(
+    boards: Annotated[int, typer.Option(min=1, help="Number of boards.")] = 10,
+    rate: Annotated[float, typer.Option(min=0.1, help="Spike frames per second per board.")] = 20,
+    duration: Annotated[float, typer.Option(min=0.1, help="Seconds of simulated data.")] = 10,
+    channels: Annotated[int, typer.Option(min=1, help="Channels per board.")] = 96,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same data.")] = 0,
+    speed: Annotated[
+        float | None, typer.Option(help="Times real time; default: as fast as possible.")
+    ] = None,
+) -> None:
+    """Publish synthetic spike frames and class labels from many boards (load generator)."""
+    from boards.commands import simulate_load
+
+    result = simulate_load(
+        _settings(),
+        boards=boards,
+        rate_hz=rate,
+        duration_s=duration,
+        channels=channels,
+        seed=seed,
+        speed=speed,
+    )
+    typer.echo(
+        f"published {result.frames} spike frames ({result.events} events) in "
+        f"{result.elapsed_s:.1f} s: {result.frames_per_s:.0f} frames/s"
+    )
+    if result.unflushed:
+        raise _fail(f"{result.unflushed} events are still spooled")
+
+
+@streams_app.command("run")
+def streams_run(
+    workers: Annotated[
+        int, typer.Option(min=1, help="Ingest worker processes sharing the raw partitions.")
+    ] = 1,
+    stage: Annotated[
+        str, typer.Option(help="What to run: all, ingest (validate and anonymize) or sink.")
+    ] = "all",
+) -> None:
+    """Run the stream processors until interrupted (Ctrl-C or SIGTERM)."""
+    from streams.exceptions import StreamsError
+    from streams.runner import run
+
+    if stage not in {"all", "ingest", "sink"}:
+        raise _fail(f"unknown stage {stage!r}; expected all, ingest or sink", code=2)
+    try:
+        run(_settings(), workers=workers, stage=stage)
+    except StreamsError as exc:
+        raise _fail(str(exc)) from exc
+
+
+@streams_app.command("status")
+def streams_status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Print the processors' counters, consumer lag and lake commit figures."""
+    from streams.status import collect, render
+
+    status = collect(_settings())
+    typer.echo(json_dumps(status) if as_json else render(status))
+
+
+def json_dumps(value: object) -> str:
+    import json
+
+    return json.dumps(value, indent=2, default=str)
 
 
 def _print_status(settings: Settings) -> bool:

@@ -197,6 +197,11 @@ class Settings(BaseSettings):
         """Root URI of the Delta lake."""
         return self.lake.uri or str(self.data_dir / "lake")
 
+    @property
+    def embedded_key_file(self) -> Path:
+        """Pseudonymization key file that ``bcratos stack up`` creates for the embedded stack."""
+        return self.data_dir / "secrets" / "pseudonymization.key"
+
     def topic(self, short_name: str) -> str:
         """Return the full topic name of ``short_name`` such as ``raw.spikes``."""
         if short_name.startswith(self.kafka.topic_prefix) and self.kafka.topic_prefix:

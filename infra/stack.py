@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import shutil
 from dataclasses import dataclass, field
 
@@ -48,6 +50,7 @@ def up(settings: Settings) -> topics.TopicPlan:
     if settings.kafka.embedded:
         broker.start(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    ensure_key_file(settings)
     if "://" not in settings.lake_uri:
         (settings.data_dir / "lake").mkdir(parents=True, exist_ok=True)
 
@@ -56,6 +59,23 @@ def up(settings: Settings) -> topics.TopicPlan:
     for problem in plan.not_applied:
         logger.warning("topic spec not applied: %s", problem)
     return plan
+
+
+def ensure_key_file(settings: Settings) -> None:
+    """Create the embedded stack's pseudonymization key (64 hex digits, mode 0600) once.
+
+    Only when no key is configured: a deployment sets ``anonymization.key_file`` instead.
+    """
+    anonymization = settings.anonymization
+    path = settings.embedded_key_file
+    if anonymization.key is not None or anonymization.key_file is not None or path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(secrets.token_hex(32) + "\n")
+    logger.info("created pseudonymization key file %s", path)
 
 
 def status(settings: Settings) -> StackStatus:

@@ -53,7 +53,8 @@ def tail(
                 return
             if message.error() is not None:
                 raise TailError(f"reading {topic} failed: {message.error()}")
-            yield _render(message.topic(), message.partition(), message.offset(), message.value())
+            partition, offset = message.partition(), message.offset()
+            yield _render(topic, partition or 0, offset or 0, message.value())
             produced += 1
     finally:
         consumer.close()

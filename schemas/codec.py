@@ -13,7 +13,7 @@ so consumers read messages of every released version.
 'c301'
 >>> message = decode(data, topic="raw.behavior", partition=0, offset=12)
 >>> message.name, message.version, message.record["kind"], message.record["schema_version"]
-('BehaviorEvent', 1, 'go_cue', 1)
+('BehaviorEvent', 2, 'go_cue', 2)
 """
 
 from __future__ import annotations
@@ -262,7 +262,7 @@ def _check_record(schema: SchemaVersion, record: Mapping[str, Any]) -> None:
         )
 
     for field in schema.timestamp_fields:
-        _check_timestamp(schema, field, record[field])
+        _check_timestamp(schema, field, record.get(field))
 
     try:
         validate(record, schema.parsed, raise_errors=True)

@@ -47,7 +47,7 @@ class SchemaVersion:
     path: Path
     field_names: frozenset[str]
     required_fields: frozenset[str]  # fields without a default
-    timestamp_fields: tuple[str, ...]  # top-level fields of logical type timestamp-micros
+    timestamp_fields: tuple[str, ...]  # top-level timestamp-micros fields, nullable ones included
 
     @property
     def label(self) -> str:
@@ -209,4 +209,7 @@ def _check_document(path: Path, document: Any, name: str) -> None:
 
 
 def _is_timestamp_micros(field_type: Any) -> bool:
+    """Tell whether a field holds timestamp-micros, alone or in a union such as [null, ...]."""
+    if isinstance(field_type, list):
+        return any(_is_timestamp_micros(branch) for branch in field_type)
     return isinstance(field_type, dict) and field_type.get("logicalType") == "timestamp-micros"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -11,11 +11,16 @@ import pytest
 from schemas.counts import pack_counts
 
 EVENT_TIME = datetime(2024, 5, 2, 9, 30, 15, 123456, tzinfo=UTC)
+# 1.25 s before EVENT_TIME, matching t_session_us of the anonymized samples.
+SESSION_START = EVENT_TIME - timedelta(microseconds=1_250_000)
 BOARD_EVENTS = ("SpikeFrame", "BehaviorEvent", "EskinFrame", "DecoderOutput")
 
 
 def board_fields(seq: int = 41) -> dict[str, Any]:
-    """Return the fields common to all board events, with identifying sample values."""
+    """Return the fields common to every version of every board event, with identifying values.
+
+    `session_start` is left out because the first versions of the board events lack it.
+    """
     return {
         "board_id": "board-07",
         "subject_id": "P2",
@@ -32,6 +37,7 @@ def raw_records() -> dict[str, dict[str, Any]]:
     return {
         "SpikeFrame": {
             **board_fields(),
+            "session_start": SESSION_START,
             "bin_ms": 20,
             **pack_counts(counts),
             "channel_ids": [f"elec{i:03d}" for i in range(96)],
@@ -39,6 +45,7 @@ def raw_records() -> dict[str, dict[str, Any]]:
         },
         "BehaviorEvent": {
             **board_fields(),
+            "session_start": SESSION_START,
             "kind": "outcome",
             "trial_id": 17,
             "label": "reward",
@@ -46,6 +53,7 @@ def raw_records() -> dict[str, dict[str, Any]]:
         },
         "EskinFrame": {
             **board_fields(),
+            "session_start": SESSION_START,
             "n_taxels": 4,
             "pressures": [0.0, 1.5, 12.25, 3.0],
             "pressure_unit": "kpa",
@@ -56,6 +64,7 @@ def raw_records() -> dict[str, dict[str, Any]]:
         },
         "DecoderOutput": {
             **board_fields(),
+            "session_start": SESSION_START,
             "step_index": 1200,
             "step_ms": 50,
             "classes": ["rest", "power_grip", "precision_grip", "release"],
@@ -99,7 +108,7 @@ def raw_records() -> dict[str, dict[str, Any]]:
 
 def anonymized(record: dict[str, Any]) -> dict[str, Any]:
     """Return `record` as its anonymized counterpart: pseudonyms and session-relative time."""
-    identifying = {"board_id", "subject_id", "session_id", "event_time"}
+    identifying = {"board_id", "subject_id", "session_id", "event_time", "session_start"}
     return {
         "subject_pseudonym": "5f1c2a9be04d17c3a8e2",
         "board_pseudonym": "0d93be41c6a2f77e1b58",

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import random
 import shutil
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from schemas.exceptions import (
     UnknownFingerprintError,
     UnknownSchemaError,
 )
-from schemas.registry import AVRO_DIR, SchemaRegistry, default_registry
+from schemas.registry import AVRO_DIR, SchemaRegistry, SchemaVersion, default_registry
 
 Records = dict[str, dict[str, Any]]
 
@@ -33,6 +34,25 @@ POSITION: dict[str, Any] = {"topic": "raw.spikes", "partition": 2, "offset": 104
 POSITION_TEXT = "raw.spikes[2]@1041"
 BOARD_EVENTS = ["SpikeFrame", "BehaviorEvent", "EskinFrame", "DecoderOutput"]
 VERSIONED = {*BOARD_EVENTS, *(f"Anon{name}" for name in BOARD_EVENTS)}
+SPIKE_FRAME_LATEST = default_registry().latest("SpikeFrame")
+# Every version that is not the latest of its record, such as SpikeFrame v1 and v2.
+OLDER_VERSIONS = [
+    schema
+    for name in RECORD_NAMES
+    for schema in default_registry().versions(name)
+    if schema.version < default_registry().latest(name).version
+]
+
+
+def fields_of(record: dict[str, Any], schema: SchemaVersion) -> dict[str, Any]:
+    """Return the fields of `record` that `schema` has, to write a record with an older version."""
+    return {field: value for field, value in record.items() if field in schema.field_names}
+
+
+def schema_defaults(schema: SchemaVersion) -> dict[str, Any]:
+    """Return the default of each field of `schema` that has one, as the .avsc file writes it."""
+    fields = json.loads(schema.text)["fields"]
+    return {field["name"]: field["default"] for field in fields if "default" in field}
 
 
 def write_unchecked(name: str, record: dict[str, Any], version: int | None = None) -> bytes:
@@ -46,6 +66,13 @@ def write_unchecked(name: str, record: dict[str, Any], version: int | None = Non
 
 def test_every_record_has_sample(records: Records) -> None:
     assert set(RECORD_NAMES) - set(records) == set()
+
+
+@pytest.mark.parametrize("name", RECORD_NAMES)
+def test_sample_sets_every_field(name: str, records: Records) -> None:
+    # The codec sets schema_version, so the samples leave it out.
+    latest = default_registry().latest(name)
+    assert records[name].keys() | {"schema_version"} == latest.field_names | {"schema_version"}
 
 
 @pytest.mark.parametrize("name", RECORD_NAMES)
@@ -78,6 +105,19 @@ def test_round_trip_fills_defaults(board: dict[str, Any]) -> None:
     assert decoded.record["value"] is None
 
 
+def test_round_trip_session_start_none(records: Records) -> None:
+    record = {**records["BehaviorEvent"], "session_start": None}
+    decoded = decode(encode("BehaviorEvent", record))
+    assert decoded.record["session_start"] is None
+
+
+def test_session_start_accepts_micros(board: dict[str, Any]) -> None:
+    session_start = datetime(2024, 5, 2, 9, 0, tzinfo=UTC)
+    record = {**board, "kind": "grasp", "session_start": 1_714_640_400_000_000}
+    decoded = decode(encode("BehaviorEvent", record))
+    assert decoded.record["session_start"] == session_start
+
+
 def test_event_time_accepts_micros(board: dict[str, Any]) -> None:
     record = {**board, "kind": "grasp", "event_time": 1_714_642_215_123_456}
     decoded = decode(encode("BehaviorEvent", record))
@@ -95,27 +135,115 @@ def test_event_time_extremes_round_trip(micros: int, board: dict[str, Any]) -> N
 
 def test_encode_sets_schema_version(records: Records) -> None:
     data = encode("SpikeFrame", {**records["SpikeFrame"], "schema_version": 99})
-    assert decode(data).record["schema_version"] == 2
+    assert decode(data).record["schema_version"] == SPIKE_FRAME_LATEST.version
 
 
-def test_v1_frame_gets_v2_default(records: Records) -> None:
+@pytest.mark.parametrize(
+    "schema", default_registry().versions("SpikeFrame"), ids=lambda schema: schema.label
+)
+def test_encode_sets_older_schema_version(schema: SchemaVersion, records: Records) -> None:
+    record = {**fields_of(records["SpikeFrame"], schema), "schema_version": 99}
+    decoded = decode(encode("SpikeFrame", record, version=schema.version), reader=schema.version)
+    assert decoded.record["schema_version"] == schema.version
+
+
+def test_v1_frame_gets_newer_defaults(records: Records) -> None:
     record = records["SpikeFrame"]
     del record["threshold_rms"]
+    del record["session_start"]
     decoded = decode(encode("SpikeFrame", record, version=1))
     assert decoded.version == 1
-    assert decoded.reader_version == 2
+    assert decoded.reader_version == SPIKE_FRAME_LATEST.version
     assert decoded.fingerprint == default_registry().get("SpikeFrame", 1).fingerprint
     assert decoded.record["threshold_rms"] is None
+    assert decoded.record["session_start"] is None
     assert decoded.record["schema_version"] == 1
+    assert decoded.record["counts"] == record["counts"]
+    assert decoded.record.keys() == SPIKE_FRAME_LATEST.field_names
+
+
+def test_v1_frame_read_as_v2(records: Records) -> None:
+    record = fields_of(records["SpikeFrame"], default_registry().get("SpikeFrame", 1))
+    decoded = decode(encode("SpikeFrame", record, version=1), reader=2)
+    assert decoded.version == 1
+    assert decoded.reader_version == 2
+    assert decoded.record["threshold_rms"] is None
+    assert "session_start" not in decoded.record
+
+
+def test_v2_frame_gets_session_start_default(records: Records) -> None:
+    record = fields_of(records["SpikeFrame"], default_registry().get("SpikeFrame", 2))
+    decoded = decode(encode("SpikeFrame", record, version=2), reader=3)
+    assert decoded.version == 2
+    assert decoded.reader_version == 3
+    assert decoded.record["threshold_rms"] == records["SpikeFrame"]["threshold_rms"]
+    assert decoded.record["session_start"] is None
+
+
+@pytest.mark.parametrize("reader", [1, 2])
+def test_v3_frame_read_as_older(reader: int, records: Records) -> None:
+    record = records["SpikeFrame"]
+    decoded = decode(encode("SpikeFrame", record, version=3), reader=reader)
+    assert decoded.version == 3
+    assert decoded.reader_version == reader
+    assert decoded.record.keys() == default_registry().get("SpikeFrame", reader).field_names
+    assert "session_start" not in decoded.record
+    assert decoded.record["channel_ids"] == record["channel_ids"]
     assert decoded.record["counts"] == record["counts"]
 
 
-def test_v2_frame_read_as_v1(records: Records) -> None:
-    decoded = decode(encode("SpikeFrame", records["SpikeFrame"]), reader=1)
+def test_v3_frame_read_as_v2_keeps_threshold(records: Records) -> None:
+    decoded = decode(encode("SpikeFrame", records["SpikeFrame"], version=3), reader=2)
+    assert decoded.record["threshold_rms"] == records["SpikeFrame"]["threshold_rms"]
+
+
+def test_v1_behavior_event_gets_session_start(records: Records) -> None:
+    record = records["BehaviorEvent"]
+    del record["session_start"]
+    data = encode("BehaviorEvent", record, version=1)
+    latest = default_registry().latest("BehaviorEvent")
+    for reader, reader_version in [(2, 2), (None, latest.version)]:
+        decoded = decode(data, reader=reader)
+        assert decoded.version == 1
+        assert decoded.reader_version == reader_version
+        assert decoded.record["session_start"] is None
+        assert decoded.record["kind"] == record["kind"]
+
+
+def test_v2_behavior_event_read_as_v1(records: Records) -> None:
+    decoded = decode(encode("BehaviorEvent", records["BehaviorEvent"], version=2), reader=1)
     assert decoded.version == 2
     assert decoded.reader_version == 1
-    assert "threshold_rms" not in decoded.record
-    assert decoded.record["channel_ids"] == records["SpikeFrame"]["channel_ids"]
+    assert "session_start" not in decoded.record
+    assert decoded.record["trial_id"] == records["BehaviorEvent"]["trial_id"]
+
+
+@pytest.mark.parametrize("schema", OLDER_VERSIONS, ids=lambda schema: schema.label)
+def test_older_version_read_as_latest(schema: SchemaVersion, records: Records) -> None:
+    record = fields_of(records[schema.name], schema)
+    decoded = decode(encode(schema.name, record, version=schema.version))
+
+    latest = default_registry().latest(schema.name)
+    defaults = schema_defaults(latest)
+    added = latest.field_names - schema.field_names
+    assert decoded.version == schema.version
+    assert decoded.reader_version == latest.version
+    assert decoded.record == {
+        **record,
+        "schema_version": schema.version,
+        **{field: defaults[field] for field in added},
+    }
+
+
+@pytest.mark.parametrize("schema", OLDER_VERSIONS, ids=lambda schema: schema.label)
+def test_latest_read_as_older_version(schema: SchemaVersion, records: Records) -> None:
+    record = records[schema.name]
+    decoded = decode(encode(schema.name, record), reader=schema.version)
+
+    latest = default_registry().latest(schema.name)
+    assert decoded.version == latest.version
+    assert decoded.reader_version == schema.version
+    assert decoded.record == {**fields_of(record, schema), "schema_version": latest.version}
 
 
 def test_unknown_reader_version_raises(records: Records) -> None:
@@ -176,7 +304,12 @@ BAD_MESSAGES: list[tuple[str, Callable[[Records], bytes | None], type[SchemaErro
         UnknownFingerprintError,
         "received 0123456789abcdef",
     ),
-    ("truncated body", lambda r: valid_frame(r)[:-5], CorruptBodyError, "corrupt SpikeFrame v2"),
+    (
+        "truncated body",
+        lambda r: valid_frame(r)[:-5],
+        CorruptBodyError,
+        f"corrupt {SPIKE_FRAME_LATEST.label} body",
+    ),
     ("no body", lambda r: valid_frame(r)[:HEADER_SIZE], CorruptBodyError, "received 0 body bytes"),
     (
         "trailing bytes",
@@ -290,6 +423,12 @@ INVALID_RECORDS: list[tuple[str, dict[str, Any], type[SchemaError], str]] = [
         InvalidRecordError,
         "received 1714642215123456789. Check that the value is not in nanoseconds",
     ),
+    (
+        "session start as text",
+        {"session_start": "2024-05-02T09:00:00Z"},
+        InvalidRecordError,
+        "session_start: expected null",
+    ),
     ("counts too long", {"counts": bytes(577)}, ShapeError, "expected 576 bytes"),
 ]
 
@@ -320,3 +459,17 @@ def test_encode_leaves_record_unchanged(records: Records) -> None:
     before = dict(record)
     encode("SpikeFrame", record)
     assert record == before
+
+
+def test_naive_session_start_raises(records: Records) -> None:
+    # fastavro reads a naive datetime as local time, so the value would depend on the producer.
+    record = {**records["SpikeFrame"], "session_start": datetime(2024, 5, 2, 9, 0)}
+    with pytest.raises(InvalidRecordError, match="received the naive datetime"):
+        encode("SpikeFrame", record)
+
+
+def test_session_start_in_nanoseconds_raises(records: Records) -> None:
+    # Without the check, encode succeeds and every decode of the message raises CorruptBodyError.
+    record = {**records["SpikeFrame"], "session_start": 1_714_640_400_000_000_000}
+    with pytest.raises(InvalidRecordError, match="Check that the value is not in nanoseconds"):
+        encode("SpikeFrame", record)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from itertools import combinations, pairwise
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 
 from schemas.compat import check_compatibility, compare_versions, find_incompatibilities
 from schemas.exceptions import CompatibilityError
-from schemas.registry import AVRO_DIR, SchemaRegistry, default_registry
+from schemas.registry import AVRO_DIR, SchemaRegistry, SchemaVersion, default_registry
 
 
 def registry_with_v2(directory: Path, fields: list[dict[str, Any]]) -> SchemaRegistry:
@@ -35,8 +36,60 @@ def test_shipped_versions_compatible() -> None:
     check_compatibility()
 
 
-def test_spike_frame_pair_compatible() -> None:
-    older, newer = default_registry().versions("SpikeFrame")
+# Pairs released so far, named here so that a missing version file fails the test.
+RELEASED_PAIRS = [
+    ("SpikeFrame", 1, 2),
+    ("SpikeFrame", 2, 3),
+    ("BehaviorEvent", 1, 2),
+    ("EskinFrame", 1, 2),
+    ("DecoderOutput", 1, 2),
+]
+
+
+def version_pair_id(pair: tuple[SchemaVersion, SchemaVersion]) -> str:
+    older, newer = pair
+    return f"{older.label}-v{newer.version}"
+
+
+def consecutive_pairs() -> list[tuple[SchemaVersion, SchemaVersion]]:
+    registry = default_registry()
+    return [pair for name in registry.names for pair in pairwise(registry.versions(name))]
+
+
+def distant_pairs() -> list[tuple[SchemaVersion, SchemaVersion]]:
+    """Return the version pairs of each record that are two or more versions apart."""
+    registry = default_registry()
+    return [
+        (older, newer)
+        for name in registry.names
+        for older, newer in combinations(registry.versions(name), 2)
+        if newer.version - older.version >= 2
+    ]
+
+
+@pytest.mark.parametrize(("name", "older", "newer"), RELEASED_PAIRS)
+def test_released_pair_compatible(name: str, older: int, newer: int) -> None:
+    registry = default_registry()
+    assert compare_versions(registry.get(name, older), registry.get(name, newer)) == []
+
+
+def test_consecutive_pairs_include_released() -> None:
+    pairs = {(older.name, older.version, newer.version) for older, newer in consecutive_pairs()}
+    assert set(RELEASED_PAIRS) - pairs == set()
+
+
+@pytest.mark.parametrize("pair", consecutive_pairs(), ids=version_pair_id)
+def test_consecutive_pair_compatible(pair: tuple[SchemaVersion, SchemaVersion]) -> None:
+    older, newer = pair
+    assert newer.version == older.version + 1
+    assert compare_versions(older, newer) == []
+
+
+# The codec resolves data of every version to the latest one, and consumers may lag several
+# releases, so distant versions must read each other's data. Compatible steps do not imply it.
+@pytest.mark.parametrize("pair", distant_pairs(), ids=version_pair_id)
+def test_distant_pair_compatible(pair: tuple[SchemaVersion, SchemaVersion]) -> None:
+    older, newer = pair
     assert compare_versions(older, newer) == []
 
 

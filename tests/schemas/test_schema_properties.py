@@ -14,7 +14,7 @@ from hypothesis.extra.numpy import arrays
 from schemas.codec import MARKER, decode, encode
 from schemas.counts import COUNT_DTYPES, unpack_counts
 from schemas.exceptions import CorruptBodyError, SchemaError, ShapeError
-from schemas.registry import default_registry
+from schemas.registry import SchemaVersion, default_registry
 
 LONGS = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 IDS = st.text(min_size=1, max_size=24)
@@ -23,6 +23,27 @@ EVENT_TIMES = st.datetimes(
     max_value=datetime(2100, 1, 1),
     timezones=st.just(UTC),
 )
+SESSION_STARTS = st.none() | EVENT_TIMES
+SPIKE_FRAME_VERSIONS = default_registry().versions("SpikeFrame")
+BEHAVIOR_EVENT_VERSIONS = default_registry().versions("BehaviorEvent")
+
+
+def expected_record(record: dict[str, Any], writer: SchemaVersion) -> dict[str, Any]:
+    """Return `record` as the latest reader returns it after `writer` wrote the fields it has.
+
+    Fields that `writer` lacks get the latest version's default, and schema_version is the
+    writer's version.
+    """
+    latest = default_registry().latest(writer.name)
+    fields = json.loads(latest.text)["fields"]
+    defaults = {field["name"]: field["default"] for field in fields if "default" in field}
+    missing = {field: defaults[field] for field in record if field not in writer.field_names}
+    return {**record, "schema_version": writer.version, **missing}
+
+
+def written_fields(record: dict[str, Any], writer: SchemaVersion) -> dict[str, Any]:
+    """Return the fields of `record` that `writer` has."""
+    return {field: value for field, value in record.items() if field in writer.field_names}
 
 
 def enum_symbols(name: str, field: str) -> list[str]:
@@ -61,6 +82,7 @@ def spike_frames(draw: st.DrawFn) -> dict[str, Any]:
         "counts": counts.tobytes(),
         "channel_ids": channel_ids,
         "threshold_rms": draw(st.none() | st.floats(width=32, allow_nan=False)),
+        "session_start": draw(SESSION_STARTS),
     }
 
 
@@ -72,33 +94,43 @@ def behavior_events(draw: st.DrawFn) -> dict[str, Any]:
         "trial_id": draw(st.none() | LONGS),
         "label": draw(st.none() | st.text(max_size=24)),
         "value": draw(st.none() | st.floats(allow_nan=False)),
+        "session_start": draw(SESSION_STARTS),
     }
 
 
-@given(record=spike_frames(), version=st.sampled_from([1, 2]))
-def test_spike_frame_round_trip(record: dict[str, Any], version: int) -> None:
-    written = dict(record)
-    if version == 1:
-        del written["threshold_rms"]
-    decoded = decode(encode("SpikeFrame", written, version=version))
+@given(record=spike_frames(), writer=st.sampled_from(SPIKE_FRAME_VERSIONS))
+def test_spike_frame_round_trip(record: dict[str, Any], writer: SchemaVersion) -> None:
+    decoded = decode(encode("SpikeFrame", written_fields(record, writer), version=writer.version))
 
-    assert decoded.version == version
-    assert decoded.record == {
-        **record,
-        "schema_version": version,
-        "threshold_rms": record["threshold_rms"] if version == 2 else None,
-    }
+    assert decoded.version == writer.version
+    assert decoded.reader_version == default_registry().latest("SpikeFrame").version
+    assert decoded.record == expected_record(record, writer)
     expected = np.frombuffer(record["counts"], dtype=COUNT_DTYPES[record["dtype"]])
     np.testing.assert_array_equal(
         unpack_counts(decoded.record), expected.reshape(record["n_bins"], record["n_channels"])
     )
 
 
-@given(record=behavior_events())
-def test_behavior_event_round_trip(record: dict[str, Any]) -> None:
-    decoded = decode(encode("BehaviorEvent", record))
+@given(record=behavior_events(), writer=st.sampled_from(BEHAVIOR_EVENT_VERSIONS))
+def test_behavior_event_round_trip(record: dict[str, Any], writer: SchemaVersion) -> None:
+    decoded = decode(
+        encode("BehaviorEvent", written_fields(record, writer), version=writer.version)
+    )
+
     assert decoded.name == "BehaviorEvent"
-    assert decoded.record == {**record, "schema_version": 1}
+    assert decoded.version == writer.version
+    assert decoded.reader_version == default_registry().latest("BehaviorEvent").version
+    assert decoded.record == expected_record(record, writer)
+
+
+@given(record=spike_frames())
+def test_latest_spike_frame_read_as_older(record: dict[str, Any]) -> None:
+    data = encode("SpikeFrame", record)
+    latest_version = default_registry().latest("SpikeFrame").version
+    for reader in SPIKE_FRAME_VERSIONS:
+        decoded = decode(data, reader=reader.version)
+        expected = {**written_fields(record, reader), "schema_version": latest_version}
+        assert decoded.record == expected, reader.label
 
 
 @given(data=st.binary(max_size=64))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -30,7 +31,15 @@ COMMON_FIELD_TYPES = {
     "event_time": TIMESTAMP_MICROS,
     "schema_version": "int",
     "metadata": {"type": "map", "values": "string"},
+    "session_start": ["null", TIMESTAMP_MICROS],
 }
+# Version of each board event that added session_start.
+SESSION_START_ADDED = [
+    ("SpikeFrame", 3),
+    ("BehaviorEvent", 2),
+    ("EskinFrame", 2),
+    ("DecoderOutput", 2),
+]
 
 
 def rabin_fingerprint(data: bytes) -> int:
@@ -60,10 +69,18 @@ def test_registry_has_contract_records() -> None:
     assert missing == set()
 
 
-def test_latest_spike_frame_is_v2() -> None:
+def test_spike_frame_versions_released() -> None:
+    versions = [schema.version for schema in default_registry().versions("SpikeFrame")]
+    assert versions[:3] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("name", sorted(default_registry().names))
+def test_latest_is_highest_version(name: str) -> None:
     registry = default_registry()
-    assert registry.latest("SpikeFrame").version == 2
-    assert [schema.version for schema in registry.versions("SpikeFrame")] == [1, 2]
+    versions = registry.versions(name)
+    assert [schema.version for schema in versions] == list(range(1, len(versions) + 1))
+    assert registry.latest(name) is versions[-1]
+    assert registry.get(name) is versions[-1]
 
 
 def test_spike_frame_v2_adds_threshold() -> None:
@@ -71,6 +88,37 @@ def test_spike_frame_v2_adds_threshold() -> None:
     added = registry.get("SpikeFrame", 2).field_names - registry.get("SpikeFrame", 1).field_names
     assert added == {"threshold_rms"}
     assert "threshold_rms" not in registry.get("SpikeFrame", 2).required_fields
+
+
+@pytest.mark.parametrize(("name", "version"), SESSION_START_ADDED)
+def test_version_adds_session_start(name: str, version: int) -> None:
+    registry = default_registry()
+    newer = registry.get(name, version)
+    older = registry.get(name, version - 1)
+    assert newer.field_names - older.field_names == {"session_start"}
+    assert older.field_names - newer.field_names == set()
+    assert "session_start" not in newer.required_fields
+
+
+@pytest.mark.parametrize(("name", "version"), SESSION_START_ADDED)
+def test_session_start_is_optional_timestamp(name: str, version: int) -> None:
+    fields = json.loads(default_registry().get(name, version).text)["fields"]
+    session_start = next(field for field in fields if field["name"] == "session_start")
+    assert session_start["type"] == ["null", TIMESTAMP_MICROS]
+    assert session_start["default"] is None
+    assert f"Added in version {version}." in session_start["doc"]
+
+
+@pytest.mark.parametrize(("name", "version"), SESSION_START_ADDED)
+def test_session_start_leaves_other_fields(name: str, version: int) -> None:
+    registry = default_registry()
+    older = json.loads(registry.get(name, version - 1).text)
+    newer = json.loads(registry.get(name, version).text)
+    newer_fields = [field for field in newer["fields"] if field["name"] != "session_start"]
+    assert newer_fields == older["fields"]
+    assert {key: value for key, value in newer.items() if key != "fields"} == {
+        key: value for key, value in older.items() if key != "fields"
+    }
 
 
 def test_rabin_reference_matches_spec_vector() -> None:
@@ -110,6 +158,7 @@ def test_board_event_common_fields(name: str) -> None:
     for field_name, field_type in COMMON_FIELD_TYPES.items():
         assert fields[field_name]["type"] == field_type, field_name
     assert fields["metadata"]["default"] == {}
+    assert fields["session_start"]["default"] is None
 
 
 @pytest.mark.parametrize("schema", list(default_registry()), ids=lambda schema: schema.label)
@@ -123,7 +172,8 @@ def test_every_field_has_doc(schema: SchemaVersion) -> None:
 
 def test_timestamp_fields_found() -> None:
     registry = default_registry()
-    assert registry.latest("SpikeFrame").timestamp_fields == ("event_time",)
+    assert registry.latest("SpikeFrame").timestamp_fields == ("event_time", "session_start")
+    assert registry.get("SpikeFrame", 1).timestamp_fields == ("event_time",)
     assert registry.latest("JobStatus").timestamp_fields == ("time",)
     assert registry.latest("ModelAnnouncement").timestamp_fields == ("created_at",)
 
@@ -134,8 +184,11 @@ def test_get_unknown_name_raises() -> None:
 
 
 def test_get_unknown_version_raises() -> None:
-    with pytest.raises(UnknownSchemaError, match=r"expected one of \[1, 2\], received 3"):
-        default_registry().get("SpikeFrame", 3)
+    versions = [schema.version for schema in default_registry().versions("SpikeFrame")]
+    unknown = versions[-1] + 1
+    expected = f"unknown version of SpikeFrame: expected one of {versions}, received {unknown}"
+    with pytest.raises(UnknownSchemaError, match=re.escape(expected)):
+        default_registry().get("SpikeFrame", unknown)
 
 
 def test_directory_loads_copies(tmp_path: Path) -> None:
@@ -152,8 +205,13 @@ def test_empty_directory_raises(tmp_path: Path) -> None:
 
 def test_version_gap_raises(tmp_path: Path) -> None:
     copy_schemas(tmp_path)
-    (tmp_path / "SpikeFrame.v2.avsc").rename(tmp_path / "SpikeFrame.v3.avsc")
-    with pytest.raises(SchemaFileError, match=r"expected \[1, 2\], received \[1, 3\]"):
+    versions = [schema.version for schema in default_registry().versions("SpikeFrame")]
+    latest = versions[-1]
+    (tmp_path / f"SpikeFrame.v{latest}.avsc").rename(tmp_path / f"SpikeFrame.v{latest + 1}.avsc")
+    received = [*versions[:-1], latest + 1]
+    with pytest.raises(
+        SchemaFileError, match=re.escape(f"expected {versions}, received {received}")
+    ):
         SchemaRegistry.from_directory(tmp_path)
 
 
