@@ -12,6 +12,8 @@ JARS := .cache/jars/kafka/.resolved .cache/jars/spark/.resolved
 TEST_ENV := BCRATOS_DATA_DIR=$(CURDIR)/.bcratos-test BCRATOS_KAFKA__PORT=19092 \
 	BCRATOS_KAFKA__CONTROLLER_PORT=19093
 PYTEST_ARGS ?=
+# The real recordings that `make run` replays; see ../shared/data/README.md.
+DATA ?= ../shared/data
 
 .PHONY: run test setup jars stop lint
 
@@ -26,8 +28,19 @@ $(INSTALLED): pyproject.toml
 $(JARS): $(INSTALLED) infra/maven/kafka/pom.xml infra/maven/spark/pom.xml
 	$(BCRATOS) stack jars
 
+# The main job: the embedded stack, the stream processors, and every recording replayed as a
+# board, until the lake holds them all. Everything stays up for exploration: `make stop`.
 run: setup
 	$(BCRATOS) stack up
+	$(BCRATOS) streams start
+	$(BCRATOS) board replay $(sort $(wildcard $(DATA)/limblab-spike-wf/*.mat)) \
+		--board-id limblab-spike-board --subject-id Spike
+	$(BCRATOS) board replay $(DATA)/limblab-jango/*.mat --board-id limblab-jango-board \
+		--subject-id Jango
+	$(BCRATOS) board replay $(DATA)/brochier-grasp/*.mat --board-id brochier-board
+	$(BCRATOS) board replay $(DATA)/icub-grasp --board-id icub-hand-board --subject-id icub
+	$(BCRATOS) board replay $(DATA)/blackrock/*.nev --board-id blackrock-board
+	$(BCRATOS) streams status --wait-idle 900
 
 # Starts the test stack unless it already runs, runs pytest, and stops the stack only if this
 # target started it.
@@ -41,6 +54,7 @@ test: setup
 	exit $$rc
 
 stop: setup
+	$(BCRATOS) streams stop
 	$(BCRATOS) stack down
 
 lint: setup

@@ -219,15 +219,54 @@ def streams_run(
         raise _fail(str(exc)) from exc
 
 
+@streams_app.command("start")
+def streams_start(
+    workers: Annotated[
+        int, typer.Option(min=1, help="Ingest worker processes sharing the raw partitions.")
+    ] = 1,
+) -> None:
+    """Start the stream processors in the background (logs in <data_dir>/logs/streams.log)."""
+    from streams.exceptions import StreamsError
+    from streams.processor import build_pipeline
+    from streams.runner import start_detached
+
+    settings = _settings()
+    try:
+        build_pipeline(settings)  # a missing key fails here, not in the background
+    except StreamsError as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(f"stream processors running, pid {start_detached(settings, workers=workers)}")
+
+
+@streams_app.command("stop")
+def streams_stop() -> None:
+    """Stop stream processors started with `bcratos streams start`."""
+    from streams.runner import stop_detached
+
+    stopped = stop_detached(_settings())
+    typer.echo("stopped the stream processors" if stopped else "no stream processors were running")
+
+
 @streams_app.command("status")
 def streams_status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    wait_idle: Annotated[
+        float | None,
+        typer.Option(
+            help="Wait up to this many seconds until both consumer groups have no lag and the "
+            "sink has no open steps; exit 1 if they do not."
+        ),
+    ] = None,
 ) -> None:
     """Print the processors' counters, consumer lag and lake commit figures."""
-    from streams.status import collect, render
+    from streams.status import collect, render, wait_until_idle
 
-    status = collect(_settings())
+    settings = _settings()
+    idle = True if wait_idle is None else wait_until_idle(settings, timeout_s=wait_idle)
+    status = collect(settings)
     typer.echo(json_dumps(status) if as_json else render(status))
+    if not idle:
+        raise _fail(f"the stream processors still had work after {wait_idle:.0f} s")
 
 
 def json_dumps(value: object) -> str:

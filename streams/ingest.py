@@ -58,7 +58,8 @@ class StageCounters:
     anonymized: Counter[str] = field(default_factory=Counter)
     dead_lettered: Counter[str] = field(default_factory=Counter)
     duplicates: Counter[str] = field(default_factory=Counter)
-    reasons: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)  # dead-letter reason codes
+    warnings: Counter[str] = field(default_factory=Counter)  # observations, e.g. sequence_gap
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
         """Counters as plain nested dicts, for logs and the metrics file."""
@@ -66,7 +67,11 @@ class StageCounters:
         for name in ("received", "anonymized", "dead_lettered", "duplicates"):
             for topic, value in getattr(self, name).items():
                 per_topic[topic][name] = value
-        return {"topics": dict(per_topic), "dead_letter_reasons": dict(self.reasons)}
+        return {
+            "topics": dict(per_topic),
+            "dead_letter_reasons": dict(self.reasons),
+            "warnings": dict(self.warnings),
+        }
 
 
 def dead_letter(
@@ -135,7 +140,7 @@ class IngestPipeline:
         # 2. Validate.
         verdict = self.validator.check(decoded.name, decoded.record)
         for warning in verdict.warnings:
-            self.counters.reasons[str(warning.check)] += 1
+            self.counters.warnings[str(warning.check)] += 1
         if verdict.outcome == "duplicate":
             self.counters.duplicates[topic] += 1
             return None

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import FrameType
 from typing import Literal
 
@@ -96,12 +98,77 @@ def supervise(stages: list[str]) -> None:
         raise StreamsError("stream processor stopped: " + "; ".join(failed))
 
 
+def pid_file(settings: Settings) -> Path:
+    """Return the file that records the pid of processors started with `start_detached`."""
+    return settings.data_dir / "run" / "streams.pid"
+
+
+def start_detached(settings: Settings, *, workers: int = 1) -> int:
+    """Start ``workers`` ingest workers and the sink in the background; return the pid.
+
+    Returns the pid of a detached supervisor already running instead of starting another.
+    Output goes to ``<data_dir>/logs/streams.log``.
+    """
+    running = detached_pid(settings)
+    if running is not None:
+        return running
+    log_dir = settings.data_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    pid_file(settings).parent.mkdir(parents=True, exist_ok=True)
+    with (log_dir / "streams.log").open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streams.runner", "all", str(workers)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    pid_file(settings).write_text(f"{process.pid}\n")
+    logger.info("started stream processors in the background, pid %d", process.pid)
+    return process.pid
+
+
+def detached_pid(settings: Settings) -> int | None:
+    """Return the pid of the background processors when they still run."""
+    try:
+        pid = int(pid_file(settings).read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"streams.runner" in cmdline else None
+
+
+def stop_detached(settings: Settings, timeout_s: float = 90.0) -> bool:
+    """Stop processors started with `start_detached`; return True when some were running."""
+    pid = detached_pid(settings)
+    pid_file(settings).unlink(missing_ok=True)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _running(pid):
+        logger.warning("stream processors, pid %d, ignored SIGTERM; killing them", pid)
+        os.killpg(pid, signal.SIGKILL)
+    logger.info("stopped stream processors, pid %d", pid)
+    return True
+
+
+def _running(pid: int) -> bool:
+    try:
+        return b") Z " not in Path(f"/proc/{pid}/stat").read_bytes()  # a zombie has exited
+    except OSError:
+        return False
+
+
 def _main() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     stage = sys.argv[1] if len(sys.argv) > 1 else "all"
-    run(load_settings(), workers=1, stage=stage)
+    workers = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+    run(load_settings(), workers=workers, stage=stage)
 
 
 if __name__ == "__main__":
