@@ -1,8 +1,17 @@
+import os
 from pathlib import Path
 
 import pytest
 
 from bcratos.config import ConfigError, load_settings
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Drop the BCRATOS_* variables that `make test` sets, so each test sets its own."""
+    for name in list(os.environ):
+        if name.startswith("BCRATOS_"):
+            monkeypatch.delenv(name)
 
 
 def test_defaults_describe_embedded_stack(monkeypatch: pytest.MonkeyPatch) -> None:

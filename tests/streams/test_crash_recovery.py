@@ -10,11 +10,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from pipeline_env import PipelineEnv, make_pipeline_env
 
 from bcratos.config import Settings
 from boards.publisher import BoardPublisher
 from boards.replay import open_recording, replay
+from tests.support.pipeline_env import PipelineEnv, make_pipeline_env
 
 pytestmark = pytest.mark.integration
 

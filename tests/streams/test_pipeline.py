@@ -15,7 +15,6 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 from confluent_kafka import Consumer, Producer
-from pipeline_env import PipelineEnv, make_pipeline_env
 
 from bcratos.config import Settings
 from boards.publisher import BoardPublisher
@@ -23,6 +22,7 @@ from boards.replay import open_recording, replay
 from schemas import codec
 from schemas.counts import pack_counts
 from streams.ingest import HEADER_REASON, HEADER_SOURCE_TOPIC, HEADER_STAGE
+from tests.support.pipeline_env import PipelineEnv, make_pipeline_env
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,6 @@
 """A private pipeline on the test broker: own topic prefix, consumer groups, lake and key.
 
-Imported by the integration test modules of this folder, which pytest puts on `sys.path`.
+Imported by integration tests as `tests.support.pipeline_env`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from bcratos.config import Settings, load_settings
 from infra import topics
 
 REPO = Path(__file__).resolve().parents[2]
+DATA = Path(os.environ.get("BCRATOS_SHARED_DATA", REPO.parent / "shared" / "data"))
+"""The real recordings; override with BCRATOS_SHARED_DATA."""
 
 
 @dataclass
