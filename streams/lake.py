@@ -550,11 +550,21 @@ class LakeWriter:
             )
             return version
 
-    def committed_offset(self, table_name: str, app_id: str) -> int | None:
-        """Return the offset stored under `app_id` in the latest table version, or None."""
+    def committed_offset(
+        self, table_name: str, app_id: str, *, refresh: bool = True
+    ) -> int | None:
+        """Return the offset stored under `app_id` in the latest table version, or None.
+
+        `refresh` False reads the version this writer last opened or committed, without
+        reading the Delta log again: right for the table's only writer, and much cheaper.
+        """
         spec = table_spec(table_name)
         uri = self.table_uri(table_name)
-        if spec.name not in self._tables and not DeltaTable.is_deltatable(
+        cached = self._tables.get(spec.name)
+        if cached is not None and not refresh:
+            stored: int | None = cached.transaction_version(app_id)
+            return stored
+        if cached is None and not DeltaTable.is_deltatable(
             uri, storage_options=self._storage_options
         ):
             return None

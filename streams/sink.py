@@ -271,7 +271,7 @@ class LakeSink:
         key = (record_name, record["session_pseudonym"], record["board_pseudonym"], table)
         highest = self._max_seq.get(key)
         if highest is None:
-            stored = self._writer.committed_offset(table, self._seq_app_id(key))
+            stored = self._writer.committed_offset(table, self._seq_app_id(key), refresh=False)
             highest = -1 if stored is None else stored
         if record["seq"] <= highest:
             self._max_seq[key] = highest
@@ -313,7 +313,9 @@ class LakeSink:
         session = record["session_pseudonym"]
         if (table, session) not in self._known_sessions:
             self._known_sessions.add((table, session))
-            stored = self._writer.committed_offset(table, self._step_app_id(session))
+            stored = self._writer.committed_offset(
+                table, self._step_app_id(session), refresh=False
+            )
             if stored is not None:
                 windower.resume(session, stored - STEP_VERSION_BASE)
         try:
