@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 # The real recordings that `make run` replays; see ../shared/data/README.md.
 DATA ?= ../shared/data
 
-.PHONY: run test setup jars stop lint
+.PHONY: run test setup jars stop lint slurm
 
 setup: $(INSTALLED) $(JARS)
 
@@ -44,7 +44,7 @@ run: setup
 
 # Starts the test stack unless it already runs, runs pytest, and stops the stack only if this
 # target started it.
-test: setup
+test: setup slurm
 	@started=0; \
 	if ! $(TEST_ENV) $(BCRATOS) stack status >/dev/null 2>&1; then \
 		$(TEST_ENV) $(BCRATOS) stack up || exit 1; started=1; \
@@ -52,6 +52,16 @@ test: setup
 	$(TEST_ENV) $(VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$started = 1 ]; then $(TEST_ENV) $(BCRATOS) stack down; fi; \
 	exit $$rc
+
+# A single-node Slurm cluster (munged, slurmctld, slurmd) for the tests of the Slurm backend.
+# Needs root; stop it with infra/slurm/stop.sh.
+slurm:
+	@if [ "$$(id -u)" -ne 0 ]; then \
+		echo "make slurm: the Slurm test cluster needs root (apt-get, munged, slurmctld," \
+			"slurmd); run make test as root, as CI does" >&2; \
+		exit 1; \
+	fi
+	infra/slurm/setup.sh
 
 stop: setup
 	$(BCRATOS) streams stop

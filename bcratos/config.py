@@ -20,10 +20,19 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -157,6 +166,344 @@ class StreamsSettings(_Section):
     declared policy; undeclared fields are dropped."""
 
 
+class ModelsSettings(_Section):
+    """Signing and announcement of decoder models."""
+
+    signing_key_file: Path | None = None
+    """Ed25519 private key (PEM) that signs model artifacts; default
+    ``<data_dir>/secrets/model-signing.key``, created with mode 0600 on first use."""
+    public_key_file: Path | None = None
+    """Public key (PEM) that verifies model artifacts and that boards get; default
+    ``<data_dir>/secrets/model-signing.pub``."""
+
+
+TEMPLATE_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
+"""A ``{name}`` placeholder in a template argument; ``{{`` and ``}}`` stand for literal braces."""
+
+_TEMPLATE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,39}")
+_SAFE_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}")
+
+
+class StrParameter(_Section):
+    """A text parameter whose whole value must match ``pattern``."""
+
+    type: Literal["str"]
+    pattern: str = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+    """Regular expression that the whole value must match (``re.fullmatch``)."""
+    default: str | None = None
+    """Value used when a job leaves the parameter out; unset makes the parameter required."""
+    description: str = ""
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, pattern: str) -> str:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(
+                f"pattern {pattern!r} is not a valid regular expression: {exc}"
+            ) from exc
+        return pattern
+
+
+class IntParameter(_Section):
+    """An integer parameter within ``[min, max]``."""
+
+    type: Literal["int"]
+    min: int | None = None
+    """Smallest accepted value; unset: no lower bound."""
+    max: int | None = None
+    """Largest accepted value; unset: no upper bound."""
+    default: int | None = None
+    """Value used when a job leaves the parameter out; unset makes the parameter required."""
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _ordered_bounds(self) -> IntParameter:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is greater than max {self.max}")
+        return self
+
+
+class EnumParameter(_Section):
+    """A parameter that takes one of a fixed list of values."""
+
+    type: Literal["enum"]
+    choices: list[str] = Field(min_length=1)
+    """Accepted values; each is a word of letters, digits and ``._:+-``."""
+    default: str | None = None
+    """Value used when a job leaves the parameter out; unset makes the parameter required."""
+    description: str = ""
+
+    @field_validator("choices")
+    @classmethod
+    def _safe_choices(cls, choices: list[str]) -> list[str]:
+        for choice in choices:
+            if not _SAFE_WORD.fullmatch(choice):
+                raise ValueError(
+                    f"choice {choice!r} is not a plain word; expected {_SAFE_WORD.pattern}"
+                )
+        return choices
+
+
+class PathParameter(_Section):
+    """A file or folder path that must lie inside ``base_dir``."""
+
+    type: Literal["path"]
+    base_dir: Path
+    """Folder that every value must lie in; a relative folder is taken relative to
+    ``data_dir``. A relative value is taken relative to this folder."""
+    must_exist: bool = False
+    """Reject paths that do not exist on the submitting machine."""
+    default: str | None = None
+    """Value used when a job leaves the parameter out; unset makes the parameter required."""
+    description: str = ""
+
+
+TemplateParameter = Annotated[
+    StrParameter | IntParameter | EnumParameter | PathParameter, Field(discriminator="type")
+]
+
+
+class ResourceSettings(_Section):
+    """Resources that a template's job requests from the scheduler."""
+
+    cpus: int = Field(default=1, ge=1)
+    """CPU cores of the job's one task."""
+    memory_mb: int = Field(default=2048, ge=1)
+    """Memory of the job in MiB."""
+    gpus: int = Field(default=0, ge=0)
+    """GPUs of the job; the local backend does not reserve them."""
+    time_limit_min: int = Field(default=60, ge=1)
+    """Wall-clock limit in minutes; the scheduler ends the job after it."""
+    partition: str | None = None
+    """Slurm partition; default: the cluster's default partition."""
+
+    @field_validator("partition")
+    @classmethod
+    def _plain_partition(cls, partition: str | None) -> str | None:
+        if partition is not None and not _SAFE_WORD.fullmatch(partition):
+            raise ValueError(f"partition {partition!r} is not a plain word")
+        return partition
+
+
+class TemplateSettings(_Section):
+    """A pre-approved command: the only thing an HPC job can run.
+
+    ``args`` contains the arguments after the executable; ``{name}`` in an argument is replaced by
+    the validated value of parameter ``name``. The command is always run as an argument list,
+    never through a shell.
+    """
+
+    executable: str
+    """Absolute path of the program, or a name looked up on PATH when a job is validated."""
+    args: list[str] = Field(default_factory=list)
+    parameters: dict[str, TemplateParameter] = Field(default_factory=dict)
+    resources: ResourceSettings = Field(default_factory=ResourceSettings)
+    description: str = ""
+
+    @field_validator("executable")
+    @classmethod
+    def _absolute_or_bare(cls, executable: str) -> str:
+        if not executable or "\0" in executable or "\n" in executable:
+            raise ValueError(f"executable {executable!r} is empty or contains NUL or newline")
+        if "/" in executable and not Path(executable).is_absolute():
+            raise ValueError(
+                f"executable {executable!r} is a relative path; expected an absolute path or "
+                "a program name looked up on PATH"
+            )
+        return executable
+
+    @model_validator(mode="after")
+    def _placeholders_declared(self) -> TemplateSettings:
+        used: set[str] = set()
+        for argument in self.args:
+            used.update(m.group(1) for m in TEMPLATE_PLACEHOLDER.finditer(argument) if m.group(1))
+        undeclared = sorted(used - self.parameters.keys())
+        if undeclared:
+            raise ValueError(
+                f"arguments use undeclared parameters {undeclared}; declare them under "
+                "parameters, or write {{ and }} for literal braces"
+            )
+        unused = sorted(self.parameters.keys() - used)
+        if unused:
+            raise ValueError(f"parameters {unused} appear in no argument")
+        return self
+
+
+def _python_module_template(
+    args: list[str],
+    parameters: dict[str, TemplateParameter],
+    resources: ResourceSettings,
+    description: str,
+) -> TemplateSettings:
+    return TemplateSettings(
+        executable=sys.executable,
+        args=["-m", "bcratos.cli", *args],
+        parameters=parameters,
+        resources=resources,
+        description=description,
+    )
+
+
+_DATASET = StrParameter(
+    type="str", pattern=r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", description="Gold dataset name."
+)
+_TARGET = StrParameter(
+    type="str",
+    pattern=r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}",
+    description="Subject pseudonym the model is for, or global.",
+)
+_MODEL_DIR = PathParameter(
+    type="path", base_dir=Path("models"), description="Exported model folder under the models dir."
+)
+
+
+def default_templates() -> dict[str, TemplateSettings]:
+    """Return the templates of the platform's retraining steps."""
+    return {
+        "prepare": _python_module_template(
+            ["jobs", "prepare", "--name", "{dataset}", "--split-by", "{split_by}"],
+            {
+                "dataset": _DATASET,
+                "split_by": EnumParameter(type="enum", choices=["day", "session"], default="day"),
+            },
+            ResourceSettings(cpus=2, memory_mb=4096, time_limit_min=60),
+            "Label, split and normalize silver steps into a gold dataset.",
+        ),
+        "train": _python_module_template(
+            [
+                "train", "--dataset", "{dataset}", "--model", "{model}",
+                "--device", "{device}", "--target", "{target}",
+            ],
+            {
+                "dataset": _DATASET,
+                "model": EnumParameter(type="enum", choices=["linear", "gru", "tcn"]),
+                "device": EnumParameter(type="enum", choices=["cpu", "cuda"], default="cpu"),
+                "target": _TARGET,
+            },
+            ResourceSettings(cpus=2, memory_mb=8192, time_limit_min=240),
+            "Train a decoder on a gold dataset.",
+        ),
+        "evaluate": _python_module_template(
+            ["evaluate", "{model_dir}", "--dataset", "{dataset}"],
+            {"model_dir": _MODEL_DIR, "dataset": _DATASET},
+            ResourceSettings(cpus=2, memory_mb=4096, time_limit_min=60),
+            "Score a trained model on a dataset's test split.",
+        ),
+        "announce": _python_module_template(
+            ["models", "announce", "{model_dir}", "--target", "{target}", "--dataset", "{dataset}"],
+            {"model_dir": _MODEL_DIR, "target": _TARGET, "dataset": _DATASET},
+            ResourceSettings(cpus=1, memory_mb=2048, time_limit_min=30),
+            "Gate, sign and announce a model on the models topic.",
+        ),
+    }
+
+
+class LocalBackendSettings(_Section):
+    """The ``local`` backend: jobs run as processes on this machine."""
+
+    cancel_grace_s: float = Field(default=10.0, gt=0)
+    """Seconds between SIGTERM and SIGKILL when a job is cancelled."""
+
+
+class SlurmSettings(_Section):
+    """The ``slurm`` backend: jobs go to a Slurm cluster through ``sbatch``."""
+
+    bin_dir: Path | None = None
+    """Folder of ``sbatch``, ``squeue``, ``sacct``, ``scontrol`` and ``scancel``; default: PATH."""
+    final_state: Literal["sacct", "scontrol"] = "sacct"
+    """Source of a finished job's state. ``sacct`` needs accounting storage. ``scontrol`` works
+    without it, but slurmctld drops a job MinJobAge seconds after it ends."""
+    python: str = sys.executable
+    """Python interpreter on the compute nodes that runs the job launcher."""
+    account: str | None = None
+    """Slurm account charged for the jobs (``--account``)."""
+    command_timeout_s: float = Field(default=60.0, gt=0)
+    """Seconds a Slurm command may take before it counts as failed."""
+
+    @field_validator("account")
+    @classmethod
+    def _plain_account(cls, account: str | None) -> str | None:
+        if account is not None and not _SAFE_WORD.fullmatch(account):
+            raise ValueError(f"account {account!r} is not a plain word")
+        return account
+
+
+class HeappeTemplateSettings(_Section):
+    """Mapping of one of our templates onto a command template of a HEAppE instance."""
+
+    command_template_id: int = Field(ge=1)
+    """Id of the HEAppE command template that runs the step on the cluster."""
+    cluster_node_type_id: int = Field(ge=1)
+    """HEAppE cluster node type (queue) of the task."""
+    parameters: dict[str, str] = Field(default_factory=dict)
+    """Our parameter name to the HEAppE command parameter identifier; unlisted parameters keep
+    their name."""
+    upload: list[str] = Field(default_factory=list)
+    """Path parameters whose files are uploaded to the job's execution directory before submit;
+    HEAppE then receives the file name instead of the local path."""
+    download: list[str] = Field(default_factory=list)
+    """Files, relative to the job's execution directory, fetched into the job folder."""
+
+
+class HeappeSettings(_Section):
+    """The ``heappe`` backend: jobs go to a HEAppE middleware instance (py4heappe client)."""
+
+    url: str | None = None
+    """Base URL of the HEAppE instance, e.g. ``https://heappe.example.org/production``."""
+    project_id: int | None = Field(default=None, ge=1)
+    """HEAppE project (accounting) id of the jobs."""
+    cluster_id: int | None = Field(default=None, ge=1)
+    file_transfer_method_id: int | None = Field(default=None, ge=1)
+    username: str | None = None
+    password: SecretStr | None = None
+    """Password of ``username``; give either this pair or ``openid_token``."""
+    openid_token: SecretStr | None = None
+    """OpenID access token, used instead of username and password."""
+    templates: dict[str, HeappeTemplateSettings] = Field(default_factory=dict)
+    """Our template name to its HEAppE command template."""
+    request_timeout_s: float = Field(default=60.0, gt=0)
+    """Seconds one HTTP request to HEAppE may take."""
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
+            raise ValueError(f"url {url!r} is not an http(s) URL")
+        return url.rstrip("/") if url is not None else None
+
+
+class HpcSettings(_Section):
+    """Backend of the retraining jobs and the commands they may run."""
+
+    backend: Literal["local", "slurm", "heappe"] = "local"
+    """Backend that ``bcratos hpc submit`` and the orchestrator use."""
+    templates: dict[str, TemplateSettings] = Field(default_factory=default_templates)
+    """Pre-approved commands by name. Templates in the configuration are added to the default
+    ones (prepare, train, evaluate, announce) and replace a default of the same name."""
+    local: LocalBackendSettings = Field(default_factory=LocalBackendSettings)
+    slurm: SlurmSettings = Field(default_factory=SlurmSettings)
+    heappe: HeappeSettings = Field(default_factory=HeappeSettings)
+
+    @field_validator("templates", mode="before")
+    @classmethod
+    def _merge_with_defaults(cls, declared: Any) -> Any:
+        if not isinstance(declared, dict):
+            return declared
+        return {**default_templates(), **declared}
+
+    @field_validator("templates")
+    @classmethod
+    def _template_names(cls, templates: dict[str, TemplateSettings]) -> dict[str, TemplateSettings]:
+        for name in templates:
+            if not _TEMPLATE_NAME.fullmatch(name):
+                raise ValueError(
+                    f"template name {name!r} is invalid; expected {_TEMPLATE_NAME.pattern}"
+                )
+        return templates
+
+
 class Settings(BaseSettings):
     """All platform settings."""
 
@@ -176,6 +523,8 @@ class Settings(BaseSettings):
     lake: LakeSettings = Field(default_factory=LakeSettings)
     anonymization: AnonymizationSettings = Field(default_factory=AnonymizationSettings)
     streams: StreamsSettings = Field(default_factory=StreamsSettings)
+    models: ModelsSettings = Field(default_factory=ModelsSettings)
+    hpc: HpcSettings = Field(default_factory=HpcSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -237,8 +586,8 @@ def _describe(exc: ValidationError) -> str:
         key = ".".join(str(part) for part in error["loc"]) or "<root>"
         if error["type"] == "extra_forbidden":
             lines.append(f"unknown configuration key {key!r}; check its spelling and section")
-        elif "anonymization" in key:
-            # The value may be a key or part of one: never echo it.
+        elif "anonymization" in key or key.startswith("hpc.heappe"):
+            # The value may be a key, a password or a token: never echo it.
             lines.append(f"invalid value for {key!r}: {error['msg']}")
         else:
             lines.append(f"invalid value for {key!r}: {error['msg']} (received {error['input']!r})")
