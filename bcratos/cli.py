@@ -28,6 +28,10 @@ models_app = typer.Typer(no_args_is_help=True, help="Sign, verify, announce and 
 app.add_typer(models_app, name="models")
 hpc_app = typer.Typer(no_args_is_help=True, help="Submit and track jobs of command templates.")
 app.add_typer(hpc_app, name="hpc")
+orchestrator_app = typer.Typer(no_args_is_help=True, help="Run the retrain orchestrator.")
+app.add_typer(orchestrator_app, name="orchestrator")
+retrain_app = typer.Typer(no_args_is_help=True, help="Request retraining of a decoder.")
+app.add_typer(retrain_app, name="retrain")
 
 OutputOption = Annotated[
     Literal["table", "json", "csv"], typer.Option("--format", help="Output format.")
@@ -229,6 +233,20 @@ def streams_run(
         run(_settings(), workers=workers, stage=stage)
     except StreamsError as exc:
         raise _fail(str(exc)) from exc
+
+
+@streams_app.command("monitor")
+def streams_monitor() -> None:
+    """Publish retrain requests on volume, drift and schedule triggers until interrupted."""
+    import signal
+    import threading
+
+    from streams.monitors import run_monitors
+
+    stop = threading.Event()
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signal_number, lambda _number, _frame: stop.set())
+    run_monitors(_settings(), stop)
 
 
 @streams_app.command("start")
@@ -732,6 +750,44 @@ def hpc_cancel(
     except HpcError as exc:
         raise _fail(str(exc)) from exc
     typer.echo(f"job {job_id} is {status.state}")
+
+
+@orchestrator_app.command("run")
+def orchestrator_run() -> None:
+    """Turn retrain requests into prepare, train and announce jobs until interrupted."""
+    import signal
+    import threading
+
+    from infra.exceptions import OrchestratorError
+    from infra.orchestrator import Orchestrator
+
+    stop = threading.Event()
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signal_number, lambda _number, _frame: stop.set())
+    try:
+        Orchestrator(_settings()).run(stop)
+    except OrchestratorError as exc:
+        raise _fail(str(exc)) from exc
+
+
+@retrain_app.command("request")
+def retrain_request(
+    target: Annotated[str, typer.Option(help="Subject pseudonym to retrain for, or global.")],
+    reason: Annotated[
+        Literal["volume", "drift", "schedule", "manual"],
+        typer.Option(help="Trigger of the request."),
+    ] = "manual",
+    detail: Annotated[str, typer.Option(help="Explanation for operators.")] = "",
+) -> None:
+    """Publish a retrain request for TARGET on the retrain topic and print its request id."""
+    from infra.exceptions import OrchestratorError
+    from infra.orchestrator import publish_request
+
+    try:
+        request_id = publish_request(_settings(), target, reason=reason, detail=detail)
+    except OrchestratorError as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(request_id)
 
 
 @app.command("train")

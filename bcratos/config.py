@@ -504,6 +504,44 @@ class HpcSettings(_Section):
         return templates
 
 
+class OrchestratorSettings(_Section):
+    """The retrain orchestrator: debouncing of retrain requests and its pipeline's jobs."""
+
+    group: str = "bcratos-orchestrator"
+    """Consumer group that reads the retrain topic."""
+    debounce_s: float = Field(default=30.0, ge=0)
+    """Seconds after a target's first pending request during which further requests for it
+    join the same job."""
+    poll_interval_s: float = Field(default=5.0, gt=0)
+    """Seconds between status queries of running jobs."""
+    model: Literal["linear", "gru", "tcn"] = "gru"
+    """Decoder architecture that the train step trains."""
+    device: Literal["cpu", "cuda"] = "cpu"
+    """Device of the train step."""
+
+
+class MonitorSettings(_Section):
+    """Retrain triggers of ``streams.monitors``: volume, drift and schedule."""
+
+    volume_threshold: int = Field(default=500, ge=1)
+    """New class_label behaviour events of a target since its last retrain job that trigger a
+    volume request."""
+    drift_threshold: float = Field(default=0.5, gt=0)
+    """Drift score (mean over channels of |rate - reference| / (reference + 1 Hz)) that
+    triggers a drift request."""
+    drift_min_bins: int = Field(default=1200, ge=1)
+    """Spike bins of a target needed before its drift score counts (1200 bins of 50 ms are
+    one minute)."""
+    drift_cooldown_s: float = Field(default=3600.0, ge=0)
+    """Seconds after a drift request before the same target can get another one."""
+    schedule_interval_s: float | None = Field(default=None, gt=0)
+    """Seconds between scheduled requests of each of ``schedule_targets``; unset turns the
+    schedule off."""
+    schedule_targets: list[str] = Field(default_factory=lambda: ["global"])
+    check_interval_s: float = Field(default=5.0, gt=0)
+    """Seconds between evaluations of the triggers."""
+
+
 class Settings(BaseSettings):
     """All platform settings."""
 
@@ -525,6 +563,8 @@ class Settings(BaseSettings):
     streams: StreamsSettings = Field(default_factory=StreamsSettings)
     models: ModelsSettings = Field(default_factory=ModelsSettings)
     hpc: HpcSettings = Field(default_factory=HpcSettings)
+    orchestrator: OrchestratorSettings = Field(default_factory=OrchestratorSettings)
+    monitors: MonitorSettings = Field(default_factory=MonitorSettings)
 
     @classmethod
     def settings_customise_sources(

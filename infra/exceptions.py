@@ -19,3 +19,7 @@ class JarsMissingError(StackError):
 
 class TopicSpecError(StackError):
     """The declarative topic spec is invalid or cannot be applied to the cluster."""
+
+
+class OrchestratorError(RuntimeError):
+    """The retrain orchestrator cannot read or record its jobs, or read its topic."""
