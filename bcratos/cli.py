@@ -806,6 +806,10 @@ def train_command(
         int, typer.Option(min=1, help="Maximum epochs; early stopping may end sooner.")
     ] = 20,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same model.")] = 0,
+    threads: Annotated[
+        int | None,
+        typer.Option(min=1, help="torch CPU threads; default: torch's choice (one per core)."),
+    ] = None,
 ) -> None:
     """Train a decoder, test it on the test split, export it to <data_dir>/models/VERSION/."""
     from training.commands import train_dataset
@@ -814,7 +818,7 @@ def train_command(
     try:
         outcome = train_dataset(
             _settings(), dataset, architecture=model, device=device, target=target,
-            epochs=epochs, seed=seed,
+            epochs=epochs, seed=seed, threads=threads,
         )
     except (TrainingError, RuntimeError, ValueError) as exc:
         raise _fail(str(exc)) from exc

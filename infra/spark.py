@@ -37,6 +37,9 @@ def spark_conf(settings: Settings, app_name: str = "bcratos") -> dict[str, str]:
         "spark.pyspark.driver.python": sys.executable,
         "spark.sql.session.timeZone": "UTC",
         "spark.databricks.delta.schema.autoMerge.enabled": "false",
+        # Delta reads its log with 50 tasks by default, which dominates small jobs on few cores.
+        "spark.databricks.delta.snapshotPartitions": str(settings.spark.shuffle_partitions),
+        "spark.ui.showConsoleProgress": "false",
     }
     conf.update(settings.spark.conf)
     return conf
