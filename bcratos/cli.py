@@ -805,7 +805,9 @@ def train_command(
     epochs: Annotated[
         int, typer.Option(min=1, help="Maximum epochs; early stopping may end sooner.")
     ] = 20,
-    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same model.")] = 0,
+    seed: Annotated[
+        int, typer.Option(help="Random seed; on CPU the same seed gives the same model.")
+    ] = 0,
     threads: Annotated[
         int | None,
         typer.Option(min=1, help="torch CPU threads; default: torch's choice (one per core)."),
