@@ -7,9 +7,8 @@
   with ``reference.json`` (``{"mean_rate_hz": [...]}``) in the folder of the target's current
   model from the Delta table ``registry/models``. The score is the mean over channels of
   ``|rate - reference| / (reference + 1 Hz)``. Once ``monitors.drift_min_bins`` bins are in,
-  a score at or above ``monitors.drift_threshold`` sends a request. NOTE: the training export
-  does not write ``reference.json`` yet, so drift is checked only for a model folder that
-  someone gave one.
+  a score at or above ``monitors.drift_threshold`` sends a request. ``bcratos train`` writes
+  ``reference.json`` from the training split of the dataset.
 - **schedule**: every ``monitors.schedule_interval_s`` seconds after the target's last retrain
   job, a request for each of ``monitors.schedule_targets``.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
@@ -15,7 +16,7 @@ import numpy as np
 import torch.distributed as dist
 
 from bcratos.config import Settings
-from training.data import StepArrays, WindowDataset, load_gold, select_targets
+from training.data import SPLITS, StepArrays, WindowDataset, load_gold, select_targets
 from training.errors import DatasetError
 from training.evaluate import evaluate_split
 from training.export import export_model
@@ -130,11 +131,33 @@ def train_dataset(
             "training": {**asdict(train_config), "checkpoint_dir": None},
         }
         directory = _export(result.model, config, settings.data_dir / "models" / model_version)
+        write_drift_reference(arrays, subjects, directory)
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     if runtime.distributed:
         dist.barrier()  # the other ranks end only after rank 0 has exported
         dist.destroy_process_group()
     return TrainOutcome(model_version, directory, metrics)
+
+
+DRIFT_REFERENCE_FILE = "reference.json"
+"""Per-channel mean spike rates of the training data, which the drift monitor compares with."""
+
+
+def write_drift_reference(arrays: StepArrays, subjects: list[str], directory: Path) -> Path:
+    """Write the training split's mean spike rate per channel, in Hz, next to the model.
+
+    The drift monitor reads ``{"mean_rate_hz": [...]}`` from the folder of a target's current
+    model; it is not part of the signed artifact, so a board never needs it.
+    """
+    codes = [arrays.info.subjects.index(name) for name in subjects]
+    rows = (arrays.split == SPLITS.index("train")) & np.isin(arrays.subject, codes) & ~arrays.gap
+    counts = np.asarray(arrays.counts[rows], dtype=np.float64)  # (steps, channels)
+    step_s = arrays.info.step_ms / 1000.0
+    mean_rate_hz = counts.mean(axis=0) / step_s if counts.size else np.zeros(arrays.n_channels)
+    path = directory / DRIFT_REFERENCE_FILE
+    reference = {"mean_rate_hz": mean_rate_hz.round(6).tolist(), "steps": int(rows.sum())}
+    path.write_text(json.dumps(reference))
+    return path
 
 
 def _export(model: Any, config: dict[str, Any], directory: Path) -> Path:

@@ -155,7 +155,15 @@ def test_train_command_exports_model(
     scored = runner.invoke(app, ["evaluate", str(directory), "--dataset", DATASET])
 
     assert "trial accuracy" in trained.output
-    assert sorted(path.name for path in directory.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(path.name for path in directory.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "reference.json",
+    ]
+    reference = json.loads((directory / "reference.json").read_text())
+    assert len(reference["mean_rate_hz"]) == 96
+    assert reference["steps"] > 0
+    assert 0.0 < sum(reference["mean_rate_hz"]) / 96 < 500.0  # Hz, plausible cortical rates
     assert config["model_version"] == directory.name
     assert config["channels"] == {SUBJECT: 96}
     assert (config["window"], config["step_ms"]) == (WINDOW, 50)
