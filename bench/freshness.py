@@ -30,7 +30,7 @@ The defaults offer 1,000 and 2,000 frames/s. The design load of 20,000 frames/s
 machine (see ``publish_throughput.py`` and ``ingest_throughput.py``). At that load the backlog
 grows for as long as the run lasts, and the latency grows with it.
 
-Run from the repository root::
+Run from the repository root (about three minutes with the defaults)::
 
     .venv/bin/python bench/freshness.py
     .venv/bin/python bench/freshness.py --boards 1000 --duration-s 20 --drain-timeout-s 120

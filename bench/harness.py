@@ -664,9 +664,9 @@ def _machine_section(machine: Mapping[str, Any]) -> str:
         f"`nproc` {machine['nproc']}, CPU model `{machine['cpu_model']}` (from /proc/cpuinfo), "
         f"{machine['memory_gib']} GiB of memory, Python {machine['python']}. "
         "Other processes may run on it at the same time. Each row ends with the average "
-        "number of cores they used during the run (the machine's busy time from /proc/stat "
-        "minus the CPU time of the benchmark and its children, the broker included), and "
-        "each JSON result has the same figure per measurement.\n\n"
+        "number of cores they used during the run: the machine's busy time from /proc/stat "
+        "minus the CPU time of the benchmark and its children, the broker included. Each JSON "
+        "result has the same figure per measurement.\n\n"
     )
 
 

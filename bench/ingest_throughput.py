@@ -29,7 +29,8 @@ of every 10 s, so that the result has their last counters.
 Each stage's CPU seconds per frame are in the result too. Unlike wall time, they change little
 when other work shares the machine.
 
-Run from the repository root::
+Run from the repository root (six to nine minutes with the defaults on the 2-core development
+machine while other work shared it)::
 
     .venv/bin/python bench/ingest_throughput.py
     .venv/bin/python bench/ingest_throughput.py --frames 50000 --workers 1 --no-staged

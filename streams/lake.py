@@ -481,10 +481,19 @@ class LakeWriter:
         """Return the URI of one table of the lake."""
         return f"{self.root}/{table_spec(table_name).name}"
 
-    def append(self, table_name: str, rows: pa.Table, *, offsets: Mapping[str, int]) -> int:
+    def append(
+        self,
+        table_name: str,
+        rows: pa.Table,
+        *,
+        offsets: Mapping[str, int],
+        marks: Mapping[str, int] | None = None,
+    ) -> int:
         """Append `rows` and store `offsets` in one Delta commit; return the new table version.
 
-        `offsets` maps app ids (`offset_app_id`) to the next Kafka offset to read. `rows` may be
+        `offsets` maps app ids (`offset_app_id`) to the next Kafka offset to read; `marks` are
+        further app transactions (such as the highest board sequence number written) stored in
+        the same commit without the regression check. `rows` may be
         empty, to move offsets past records that produced no rows. Steps: 1. check the rows
         and offsets, 2. open or create the table, 3. reject offsets lower than the stored
         ones, 4. commit, and on a commit conflict reload the table and retry from step 3.
@@ -492,10 +501,11 @@ class LakeWriter:
         Raises `LakeSchemaError` for rows that do not match the schema, `OffsetRegressionError`
         for an offset lower than the stored one, and `LakeCommitError` when the commit fails.
         """
-        # 1. Rows and offsets.
+        # 1. Rows and offsets. Marks are app transactions stored like offsets but not checked
+        # for regressions: one lookup per mark costs milliseconds on a table with many of them.
         spec = table_spec(table_name)
         data = conform(table_name, rows)
-        transactions = _transactions(offsets)
+        transactions = _transactions({**(marks or {}), **offsets})
         uri = self.table_uri(table_name)
 
         attempt = 1

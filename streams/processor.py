@@ -71,6 +71,7 @@ def build_app(settings: Settings, pipeline: IngestPipeline) -> faust.App:
         settings.streams.ingest_group,
         broker=f"kafka://{settings.kafka.bootstrap}",
         store="memory://",
+        datadir=str(settings.data_dir / "faust"),
         web_enabled=False,
         # One broker in the embedded stack: faust's own topics get one replica there.
         topic_replication_factor=1 if settings.kafka.embedded else 3,

@@ -401,11 +401,11 @@ class LakeSink:
                 buffer = self._buffers.get(table)
                 if buffer is None or not (buffer.records or buffer.dirty):
                     continue
-                offsets = {**self._table_offsets(topic, table), **buffer.marks}
-                if not offsets and not buffer.records:
+                offsets = self._table_offsets(topic, table)
+                if not offsets and not buffer.records and not buffer.marks:
                     continue
                 rows = self._rows(table, buffer)
-                self._writer.append(table, rows, offsets=offsets)
+                self._writer.append(table, rows, offsets=offsets, marks=buffer.marks)
                 self.counters.written[table] += rows.num_rows
                 self._buffers[table] = _Buffer()
                 committed_any = True

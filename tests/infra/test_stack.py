@@ -45,12 +45,13 @@ def test_produce_consume_roundtrip(bootstrap: str, fresh_topic: str) -> None:
         consumer.close()
 
 
-def test_faust_app_processes_event(bootstrap: str, fresh_topic: str) -> None:
+def test_faust_app_processes_event(bootstrap: str, fresh_topic: str, tmp_path: Path) -> None:
     received: list[bytes] = []
     app = faust.App(
         f"test-faust-{uuid.uuid4().hex[:8]}",
         broker=f"kafka://{bootstrap}",
         store="memory://",
+        datadir=str(tmp_path),
         web_enabled=False,
         topic_replication_factor=1,
         topic_partitions=1,

@@ -174,6 +174,21 @@ def test_empty_batch_moves_offsets(writer: LakeWriter, lake: Path) -> None:
     assert DeltaTable(str(lake / SPIKE_FRAMES)).to_pyarrow_table().num_rows == 2
 
 
+def test_marks_stored_with_offsets(writer: LakeWriter, lake: Path) -> None:
+    mark = "group/seq/AnonSpikeFrame/session/board"
+    writer.append(
+        SPIKE_FRAMES, bronze_rows(SPIKE_FRAMES, 0, 3), offsets={APP_ID: 3}, marks={mark: 41}
+    )
+    writer.append(
+        SPIKE_FRAMES, bronze_rows(SPIKE_FRAMES, 3, 1), offsets={APP_ID: 4}, marks={mark: 2}
+    )
+
+    reopened = LakeWriter(str(lake))
+    assert reopened.committed_offset(SPIKE_FRAMES, mark) == 2  # marks are not checked
+    assert reopened.committed_offset(SPIKE_FRAMES, APP_ID) == 4
+    assert reopened.committed_offset(SPIKE_FRAMES, mark, refresh=False) == 2
+
+
 def test_lower_offset_rejected(writer: LakeWriter, lake: Path) -> None:
     writer.append(SPIKE_FRAMES, bronze_rows(SPIKE_FRAMES, 0, 10), offsets={APP_ID: 10})
     version = DeltaTable(str(lake / SPIKE_FRAMES)).version()
