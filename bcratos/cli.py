@@ -99,7 +99,7 @@ def stack_up() -> None:
 
 @stack_app.command("status")
 def stack_status() -> None:
-    """Print the stack's health; exit 0 only when the broker answers and all topics exist."""
+    """Print the stack's health; exit 0 only when the broker is reachable and all topics exist."""
     if not _print_status(_settings()):
         raise typer.Exit(1)
 

@@ -73,7 +73,7 @@ class KafkaSettings(_Section):
     heap: str = "1g"
     """Java heap of the embedded broker (``-Xmx``/``-Xms``)."""
     start_timeout_s: float = Field(default=60.0, gt=0)
-    """Seconds to wait for the embedded broker to answer after start."""
+    """Seconds to wait for the embedded broker to return metadata after start."""
 
     @field_validator("host")
     @classmethod
@@ -117,7 +117,7 @@ class SparkSettings(_Section):
 
 
 class LakeSettings(_Section):
-    """Where the Delta lake lives."""
+    """Location of the Delta lake."""
 
     uri: str | None = None
     """Lake root: a local path or a delta-rs / Spark URI such as ``s3://bucket/lake``.
@@ -153,7 +153,7 @@ class StreamsSettings(_Section):
     batch_rows: int = Field(default=20_000, gt=0)
     """Rows buffered per Delta table before a commit."""
     max_latency_s: float = Field(default=1.0, gt=0)
-    """Longest time a row waits in the sink's buffer before a commit, in seconds."""
+    """Maximum time a row waits in the sink's buffer before a commit, in seconds."""
     max_future_skew_s: float | None = Field(default=300.0, gt=0)
     """Seconds an event time may lie ahead of the processor clock; unset disables the check."""
     max_past_skew_s: float | None = Field(default=None, gt=0)

@@ -1,4 +1,4 @@
-"""What ``bcratos board replay`` and ``bcratos board simulate`` do, apart from argument parsing."""
+"""Work behind ``bcratos board replay`` and ``bcratos board simulate``, apart from parsing."""
 
 from __future__ import annotations
 

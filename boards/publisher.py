@@ -4,12 +4,14 @@ Every event gets the board's next sequence number, is encoded with Avro single-o
 appended to the board's on-disk spool and handed to an idempotent confluent-kafka producer
 (``acks=all``, key = board id). Kafka's delivery report moves the spool's acknowledged position.
 When a delivery fails (broker unreachable until ``message_timeout_s``) or the producer's local
-queue is full, the publisher stops handing new events to the producer; they stay in the spool,
-and once the broker answers again the spool is sent from the first unacknowledged event, in order.
+queue is full, the publisher stops handing new events to the producer. They stay in the spool,
+and once the broker is reachable again the spool is sent from the first unacknowledged event,
+in order.
 A publisher restarted on the same folder resends what was not acknowledged before it stopped.
 
-Redelivery after a failure can repeat an event Kafka had already stored (its acknowledgement was
-lost with the link); the stream processors drop such repeats by board id and sequence number.
+Redelivery after a failure can repeat an event Kafka had already stored, because its
+acknowledgement was lost with the link. The stream processors drop such repeats by board id and
+sequence number.
 """
 
 from __future__ import annotations
@@ -94,8 +96,8 @@ class BoardPublisher:
     Args:
         bootstrap_servers: Kafka bootstrap servers.
         board_id: the board's identifier, used as the message key. None makes a gateway that
-            publishes for any board named in the records (a rack computer serving several
-            boards, or the load simulator); each board still gets its own sequence numbers.
+            publishes for any board named in the records, such as a rack computer serving
+            several boards or the load simulator. Each board still gets its own sequence numbers.
         state_dir: the board's data folder; the spool and sequence file live here.
         topic_prefix: prefix of the raw topic names.
         message_timeout_s: how long the producer retries a message before reporting it failed
@@ -137,8 +139,8 @@ class BoardPublisher:
             **(producer_config or {}),
         }
         self._producer = Producer(self._config)
-        # Entries below _next_to_send were handed to the producer; _done holds delivered
-        # entries above the acknowledged position (topics complete in different orders).
+        # Entries below _next_to_send were handed to the producer. _done contains delivered
+        # entries above the acknowledged position, because topics complete in different orders.
         self._next_to_send = self._spool.acked_index
         self._done: set[int] = set()
         self._sent_high = self._next_to_send
@@ -273,7 +275,7 @@ class BoardPublisher:
             self._failed = False
             self._next_to_send = self._spool.acked_index
             logger.info(
-                "broker answers again; resending %d spooled events", len(self._spool)
+                "broker reachable again; resending %d spooled events", len(self._spool)
             )
         if self._next_to_send < self._spool.next_index:
             self._drain()

@@ -201,9 +201,9 @@ def _cluster_id() -> str:
 def start(settings: Settings) -> bool:
     """Start the embedded broker unless ours already runs; return True when it was started now.
 
-    Steps: (1) reuse a running broker of ours; (2) check both ports are free; (3) write the
-    properties and format storage on first start; (4) launch Java detached; (5) wait until the
-    broker returns metadata or fail with the tail of its log.
+    Steps: (1) reuse a running broker of ours. (2) Check that both ports are free. (3) Write the
+    properties, and format storage on first start. (4) Launch Java detached. (5) Wait until the
+    broker returns metadata, or fail with the tail of its log.
     """
     kafka = settings.kafka
     paths = BrokerPaths.under(settings.data_dir)
@@ -247,7 +247,7 @@ def start(settings: Settings) -> bool:
         time.sleep(0.5)
     stop(settings)
     raise BrokerStartError(
-        f"the embedded Kafka broker did not answer at {kafka.bootstrap} within "
+        f"the embedded Kafka broker did not return metadata at {kafka.bootstrap} within "
         f"{kafka.start_timeout_s:.0f} s; see {paths.logs / 'server.log'}"
     )
 
@@ -277,7 +277,7 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    # A zombie child of this process still answers signal 0; reap it if it is ours.
+    # A zombie child of this process still accepts signal 0, so reap it if it is ours.
     try:
         finished, _ = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:

@@ -10,7 +10,7 @@ class PortInUseError(StackError):
 
 
 class BrokerStartError(StackError):
-    """The embedded broker exited or did not answer in time."""
+    """The embedded broker exited or did not return metadata in time."""
 
 
 class JarsMissingError(StackError):

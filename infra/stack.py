@@ -28,7 +28,7 @@ class StackStatus:
 
     @property
     def healthy(self) -> bool:
-        """True when the broker answers and every topic of the spec exists."""
+        """True when the broker returns metadata and every topic of the spec exists."""
         return self.broker_answers and not self.missing_topics
 
 
@@ -79,7 +79,7 @@ def ensure_key_file(settings: Settings) -> None:
 
 
 def status(settings: Settings) -> StackStatus:
-    """Check whether the broker answers and the topics of the spec exist."""
+    """Check whether the broker returns metadata and the topics of the spec exist."""
     paths = broker.BrokerPaths.under(settings.data_dir)
     result = StackStatus(
         bootstrap_servers=settings.kafka.bootstrap,

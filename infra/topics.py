@@ -1,7 +1,7 @@
 """Topic provisioning from the declarative spec in ``infra/topics.toml``.
 
-``apply`` is idempotent: missing topics are created, changed configs are altered in place, a
-partition count that grew is extended, and what Kafka cannot change in place (fewer partitions,
+``apply`` is idempotent. Missing topics are created, changed configs are altered in place, and a
+partition count that grew is extended. What Kafka cannot change in place (fewer partitions,
 another replication factor) is reported in the returned plan rather than forced.
 """
 
@@ -60,7 +60,7 @@ class TopicSpec:
 
 @dataclass
 class TopicPlan:
-    """What ``apply`` did and what it could not do."""
+    """Changes that ``apply`` made, and those it could not make."""
 
     created: list[str] = field(default_factory=list)
     altered: dict[str, dict[str, str]] = field(default_factory=dict)

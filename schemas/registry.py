@@ -209,7 +209,7 @@ def _check_document(path: Path, document: Any, name: str) -> None:
 
 
 def _is_timestamp_micros(field_type: Any) -> bool:
-    """Tell whether a field holds timestamp-micros, alone or in a union such as [null, ...]."""
+    """Tell whether a field's type is timestamp-micros, alone or in a union such as [null, ...]."""
     if isinstance(field_type, list):
         return any(_is_timestamp_micros(branch) for branch in field_type)
     return isinstance(field_type, dict) and field_type.get("logicalType") == "timestamp-micros"

@@ -2,7 +2,7 @@
 
 `IngestPipeline.process` turns one raw message into the messages to produce: its anonymized
 counterpart for an ``anon.*`` topic, or a dead-letter message that keeps the original bytes and
-says why. A duplicate produces nothing and is counted. The faust application in
+states the reason. A duplicate produces nothing and is counted. The faust application in
 `streams.processor` feeds it and produces its output; keeping the stage free of Kafka makes it
 testable and lets a benchmark measure it alone.
 """

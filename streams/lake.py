@@ -491,9 +491,9 @@ class LakeWriter:
     ) -> int:
         """Append `rows` and store `offsets` in one Delta commit; return the new table version.
 
-        `offsets` maps app ids (`offset_app_id`) to the next Kafka offset to read; `marks` are
-        further app transactions (such as the highest board sequence number written) stored in
-        the same commit without the regression check. `rows` may be
+        `offsets` maps app ids (`offset_app_id`) to the next Kafka offset to read. `marks` are
+        further app transactions, such as the highest board sequence number written, which are
+        stored in the same commit without the regression check. `rows` may be
         empty, to move offsets past records that produced no rows. Steps: 1. check the rows
         and offsets, 2. open or create the table, 3. reject offsets lower than the stored
         ones, 4. commit, and on a commit conflict reload the table and retry from step 3.

@@ -115,14 +115,14 @@ def build_app(settings: Settings, pipeline: IngestPipeline) -> faust.App:
 BATCH_EVENTS = 5_000
 """Raw events processed per batch; their outputs are flushed before faust acknowledges them."""
 BATCH_WITHIN_S = 0.2
-"""Longest wait for a batch to fill, in seconds."""
+"""Maximum wait for a batch to fill, in seconds."""
 
 
 class BatchProducer:
     """A confluent-kafka producer for the agent's output, flushed once per batch.
 
     Faust's own producer sends one message at a time from Python, which limited the stage to
-    about 1,000-2,000 events/s on the development machine; librdkafka batches in C.
+    about 1,000-2,000 events/s on the development machine. librdkafka batches in C instead.
     """
 
     def __init__(self, settings: Settings) -> None:

@@ -22,8 +22,8 @@ Stage = Literal["all", "ingest", "sink"]
 def run(settings: Settings, *, workers: int = 1, stage: str = "all") -> None:
     """Run the processors until SIGINT or SIGTERM.
 
-    ``ingest`` with one worker and ``sink`` run in this process; anything more starts one
-    child process per worker and stops them all when one fails or a signal arrives.
+    ``ingest`` with one worker and ``sink`` run in this process. Anything more starts one
+    child process per worker, and stops them all when one fails or a signal arrives.
     """
     if stage == "sink":
         run_sink(settings)

@@ -1,10 +1,10 @@
 """The exactly-once lake sink: ``anon.*`` topics into bronze and silver Delta tables.
 
-The sink is a confluent-kafka consumer rather than a faust agent because exactly-once needs it to
-choose where each partition starts: the Kafka offsets it has written live in the Delta tables
-themselves, as app transactions committed together with the rows (`streams.lake.LakeWriter`).
-Faust would seek to the consumer group's committed offsets instead. The group offsets are still
-committed after each Delta commit, for lag monitoring only.
+The sink is a confluent-kafka consumer rather than a faust agent, because exactly-once needs it
+to choose where each partition starts. The Kafka offsets it has written are stored in the Delta
+tables themselves, as app transactions committed together with the rows
+(`streams.lake.LakeWriter`). Faust would seek to the consumer group's committed offsets
+instead. The group offsets are still committed after each Delta commit, for lag monitoring only.
 
 Offsets stored per table and partition:
 
@@ -59,7 +59,7 @@ STEP_VERSION_BASE: Final = 1 << 40
 
 @dataclass(frozen=True)
 class Route:
-    """Where the messages of one anon topic go."""
+    """Destination tables of the messages of one anon topic."""
 
     bronze: str
     silver: str | None
@@ -93,7 +93,7 @@ class _Buffer:
 
 @dataclass
 class SinkCounters:
-    """What the sink did, per topic and table."""
+    """Counters of the sink, per topic and table."""
 
     read: Counter[str] = field(default_factory=Counter)
     written: Counter[str] = field(default_factory=Counter)
@@ -227,7 +227,17 @@ class LakeSink:
         self.commit()
         for revoked in partitions:
             self._partitions.pop((revoked.topic, revoked.partition), None)
+            silver = self._topics[revoked.topic].silver
+            if silver is not None:
+                self._forget_sessions(silver, revoked.partition)
         consumer.incremental_unassign(partitions)
+
+    def _forget_sessions(self, table: str, partition: int) -> None:
+        """Drop the window state of a revoked partition, which its new owner rebuilds."""
+        windower = self._spikes if table == SPIKE_STEPS else self._eskin
+        for session in windower.forget_partition(partition):
+            self._last_data.pop((table, session), None)
+            self._known_sessions.discard((table, session))
 
     # Messages.
 

@@ -274,6 +274,17 @@ class _Windower(ABC, Generic[StepT, RowT]):
         if state.last_emitted is None or last_emitted_step_index > state.last_emitted:
             state.last_emitted = last_emitted_step_index
 
+    def forget_partition(self, partition: int) -> list[str]:
+        """Drop every session read from `partition` and return their pseudonyms.
+
+        Call it when a consumer loses the partition, so that open steps the new owner rebuilds
+        are never emitted here as well.
+        """
+        names = [name for name, state in self._sessions.items() if state.partition == partition]
+        for name in names:
+            del self._sessions[name]
+        return names
+
     def open_steps(self) -> int:
         """Return the number of open steps over all sessions."""
         return sum(len(state.open) for state in self._sessions.values())

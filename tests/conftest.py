@@ -1,6 +1,6 @@
 """Shared fixtures. Integration tests need the embedded stack that `make test` starts.
 
-A test marked ``integration`` fails, never skips, when the broker does not answer, so a CI run
+A test marked ``integration`` fails, never skips, when no broker is reachable, so a CI run
 without the stack is red rather than silently green.
 """
 
@@ -25,7 +25,7 @@ def settings() -> Settings:
 
 @pytest.fixture(scope="session")
 def bootstrap(settings: Settings) -> str:
-    """Bootstrap servers of a broker that answers; fails the test when none does."""
+    """Bootstrap servers of a reachable broker; the test fails when there is none."""
     servers = settings.kafka.bootstrap
     if not broker.broker_answers(servers, timeout_s=10.0):
         pytest.fail(

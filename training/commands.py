@@ -147,7 +147,7 @@ def write_drift_reference(arrays: StepArrays, subjects: list[str], directory: Pa
     """Write the training split's mean spike rate per channel, in Hz, next to the model.
 
     The drift monitor reads ``{"mean_rate_hz": [...]}`` from the folder of a target's current
-    model; it is not part of the signed artifact, so a board never needs it.
+    model. The file is not part of the signed artifact, so a board never needs it.
     """
     codes = [arrays.info.subjects.index(name) for name in subjects]
     rows = (arrays.split == SPLITS.index("train")) & np.isin(arrays.subject, codes) & ~arrays.gap

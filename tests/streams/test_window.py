@@ -425,6 +425,17 @@ def test_min_open_offset_per_partition() -> None:
     assert windower.min_open_offset(2) is None
 
 
+def test_forget_partition_drops_its_sessions() -> None:
+    windower = SpikeWindower(step_ms=50, grace_ms=0)
+    windower.add(spike_frame(0, [1] * 4, session="ses-a"), partition=0, offset=7)
+    windower.add(spike_frame(0, [1] * 4, session="ses-b"), partition=1, offset=3)
+
+    assert windower.forget_partition(1) == ["ses-b"]
+    assert windower.min_open_offset(1) is None
+    assert windower.min_open_offset(0) == 7
+    assert [step["session_pseudonym"] for step in windower.flush()] == ["ses-a"]
+
+
 def test_min_open_offset_ignores_late_and_duplicate_frames() -> None:
     windower = SpikeWindower(step_ms=50, grace_ms=0)
     windower.add(spike_frame(0, [1] * 4), partition=0, offset=10)
