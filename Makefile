@@ -28,19 +28,15 @@ $(INSTALLED): pyproject.toml
 $(JARS): $(INSTALLED) infra/maven/kafka/pom.xml infra/maven/spark/pom.xml
 	$(BCRATOS) stack jars
 
-# The main job: the embedded stack, the stream processors, and every recording replayed as a
-# board, until the lake holds them all. Everything stays up for exploration: `make stop`.
+# The main job: the closed loop on the real recordings (`bcratos loop`). It starts the embedded
+# stack, the stream processors with the retrain monitors and the orchestrator, replays the
+# recordings as boards, and follows the retrains that volume and then drift trigger until the
+# boards have installed the new decoders; it ends with a summary and the HTML report.
+# Everything stays up for exploration: `make stop`. SPEED=1 replays in real time.
+SPEED ?=
+LOOP_ARGS ?=
 run: setup
-	$(BCRATOS) stack up
-	$(BCRATOS) streams start
-	$(BCRATOS) board replay $(sort $(wildcard $(DATA)/limblab-spike-wf/*.mat)) \
-		--board-id limblab-spike-board --subject-id Spike
-	$(BCRATOS) board replay $(DATA)/limblab-jango/*.mat --board-id limblab-jango-board \
-		--subject-id Jango
-	$(BCRATOS) board replay $(DATA)/brochier-grasp/*.mat --board-id brochier-board
-	$(BCRATOS) board replay $(DATA)/icub-grasp --board-id icub-hand-board --subject-id icub
-	$(BCRATOS) board replay $(DATA)/blackrock/*.nev --board-id blackrock-board
-	$(BCRATOS) streams status --wait-idle 900
+	$(BCRATOS) loop --recordings $(DATA) $(if $(SPEED),--speed $(SPEED)) $(LOOP_ARGS)
 
 # Starts the test stack unless it already runs, runs pytest, and stops the stack only if this
 # target started it.
@@ -64,6 +60,7 @@ slurm:
 	infra/slurm/setup.sh
 
 stop: setup
+	$(BCRATOS) orchestrator stop
 	$(BCRATOS) streams stop
 	$(BCRATOS) stack down
 

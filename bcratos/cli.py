@@ -220,15 +220,19 @@ def streams_run(
         int, typer.Option(min=1, help="Ingest worker processes sharing the raw partitions.")
     ] = 1,
     stage: Annotated[
-        str, typer.Option(help="What to run: all, ingest (validate and anonymize) or sink.")
+        str,
+        typer.Option(
+            help="What to run: all, ingest (validate and anonymize), sink or monitor (retrain "
+            "triggers)."
+        ),
     ] = "all",
 ) -> None:
     """Run the stream processors until interrupted (Ctrl-C or SIGTERM)."""
     from streams.exceptions import StreamsError
-    from streams.runner import run
+    from streams.runner import STAGES, run
 
-    if stage not in {"all", "ingest", "sink"}:
-        raise _fail(f"unknown stage {stage!r}; expected all, ingest or sink", code=2)
+    if stage not in STAGES:
+        raise _fail(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}", code=2)
     try:
         run(_settings(), workers=workers, stage=stage)
     except StreamsError as exc:
@@ -238,15 +242,16 @@ def streams_run(
 @streams_app.command("monitor")
 def streams_monitor() -> None:
     """Publish retrain requests on volume, drift and schedule triggers until interrupted."""
-    import signal
-    import threading
+    from deltalake.exceptions import DeltaError
 
-    from streams.monitors import run_monitors
+    from streams.monitors import run_worker
 
-    stop = threading.Event()
-    for signal_number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signal_number, lambda _number, _frame: stop.set())
-    run_monitors(_settings(), stop)
+    try:
+        run_worker(_settings())
+    except (DeltaError, OSError) as exc:
+        raise _fail(
+            f"the retrain monitors could not read the lake's registry tables: {exc}"
+        ) from exc
 
 
 @streams_app.command("start")
@@ -770,6 +775,26 @@ def orchestrator_run() -> None:
         raise _fail(str(exc)) from exc
 
 
+@orchestrator_app.command("start")
+def orchestrator_start() -> None:
+    """Start the orchestrator in the background (log in <data_dir>/logs/orchestrator.log)."""
+    from infra.orchestrator import SERVICE
+    from infra.processes import start_detached
+
+    typer.echo(f"orchestrator running, pid {start_detached(_settings(), SERVICE)}")
+
+
+@orchestrator_app.command("stop")
+def orchestrator_stop() -> None:
+    """Stop an orchestrator started with `bcratos orchestrator start`; its jobs go on and are
+    followed again at the next start."""
+    from infra.orchestrator import SERVICE
+    from infra.processes import stop_detached
+
+    stopped = stop_detached(_settings(), SERVICE)
+    typer.echo("stopped the orchestrator" if stopped else "no orchestrator was running")
+
+
 @retrain_app.command("request")
 def retrain_request(
     target: Annotated[str, typer.Option(help="Subject pseudonym to retrain for, or global.")],
@@ -788,6 +813,60 @@ def retrain_request(
     except OrchestratorError as exc:
         raise _fail(str(exc)) from exc
     typer.echo(request_id)
+
+
+@app.command("loop")
+def loop_command(
+    recordings: Annotated[
+        Path, typer.Option(help="Folder of the recordings, laid out as ../shared/data.")
+    ] = Path("../shared/data"),
+    speed: Annotated[
+        float | None,
+        typer.Option(help="Replay at this many times real time; default: as fast as possible."),
+    ] = None,
+    initial_days: Annotated[
+        int, typer.Option(min=1, help="Spike sessions replayed before the first model.")
+    ] = 6,
+    timeout: Annotated[
+        float, typer.Option(min=1, help="Longest wait of one stage, in seconds.")
+    ] = 1800.0,
+    stop: Annotated[
+        bool, typer.Option("--stop", help="Stop the services and the broker at the end.")
+    ] = False,
+    report: Annotated[bool, typer.Option(help="Write the HTML report at the end.")] = True,
+    fresh: Annotated[
+        bool,
+        typer.Option(
+            "--fresh", help="Stop everything and delete the data directory first (lake included)."
+        ),
+    ] = False,
+    evaluate: Annotated[
+        bool, typer.Option(help="Run the next-day protocol on the Spike sessions at the end.")
+    ] = True,
+    evaluate_decoders: Annotated[
+        str, typer.Option(help="Decoders of that next-day run: lda, linear, gru, tcn.")
+    ] = "lda,linear",
+) -> None:
+    """Run the closed loop on the real recordings: replay, lake, retrain, announce, install."""
+    from infra.closed_loop import ClosedLoop, LoopOptions, LoopStageError, render_summary
+
+    options = LoopOptions(
+        recordings=recordings,
+        speed=speed,
+        initial_days=initial_days,
+        stage_timeout_s=timeout,
+        stop_at_end=stop,
+        report=report,
+        fresh=fresh,
+        evaluate=evaluate,
+        evaluate_decoders=evaluate_decoders,
+    )
+    try:
+        summary = ClosedLoop(_settings(), options, echo=typer.echo).run()
+    except LoopStageError as exc:
+        raise _fail(str(exc)) from exc
+    for line in render_summary(summary):
+        typer.echo(line)
 
 
 @app.command("train")
@@ -863,7 +942,13 @@ def evaluate_command(
         bool, typer.Option("--per-day", help="Also print every test day.")
     ] = False,
     json_path: Annotated[
-        Path | None, typer.Option("--json", help="Also write the full result to this JSON file.")
+        Path | None,
+        typer.Option(
+            "--output",
+            "--json",
+            help="Also write the full result to this JSON file; the next-day protocol writes "
+            "<data_dir>/evaluations/next-day.json (which `bcratos report` reads) unless given.",
+        ),
     ] = None,
 ) -> None:
     """Score a model on a dataset's test split, or run the next-day protocol and print its table."""
@@ -890,8 +975,52 @@ def evaluate_command(
             typer.echo(render_table(outcome, per_day=per_day))
     except (TrainingError, FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from exc
+    if json_path is None and protocol is not None:
+        from jobs.report import default_evaluation
+
+        json_path = default_evaluation(settings)
     if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json_dumps(result) + "\n")
+        typer.echo(f"wrote {json_path}", err=True)
+
+
+@app.command("report")
+def report_command(
+    output: Annotated[
+        Path | None,
+        typer.Option(help="HTML file to write; default: <data_dir>/report/index.html."),
+    ] = None,
+    png_dir: Annotated[
+        Path | None, typer.Option(help="Also write every figure as a PNG file to this folder.")
+    ] = None,
+    evaluation: Annotated[
+        Path | None,
+        typer.Option(
+            help="JSON result of `bcratos evaluate --protocol next-day`; default: "
+            "<data_dir>/evaluations/next-day.json."
+        ),
+    ] = None,
+) -> None:
+    """Write one self-contained HTML page of plots about the lake, datasets and models."""
+    from jobs.exceptions import ReportError
+    from jobs.report import build_report
+    from streams.exceptions import ResidencyError
+
+    try:
+        result = build_report(_settings(), output=output, png_dir=png_dir, evaluation=evaluation)
+    except (ReportError, ResidencyError) as exc:
+        raise _fail(str(exc), code=2) from exc
+    typer.echo(
+        f"wrote {result.path}: {result.figures} figures, {result.size_bytes / 1e3:.0f} kB, "
+        f"in {result.duration_s:.1f} s"
+    )
+    if result.png_paths:
+        typer.echo(f"wrote {len(result.png_paths)} PNG files to {png_dir}")
+    for title in result.missing:
+        typer.echo(f"no data for section {title!r}; the page says what to run", err=True)
+    if result.failed:
+        raise _fail("sections that could not be built: " + "; ".join(result.failed))
 
 
 def json_dumps(value: object) -> str:

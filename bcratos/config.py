@@ -412,9 +412,10 @@ class SlurmSettings(_Section):
 
     bin_dir: Path | None = None
     """Folder of ``sbatch``, ``squeue``, ``sacct``, ``scontrol`` and ``scancel``; default: PATH."""
-    final_state: Literal["sacct", "scontrol"] = "sacct"
+    final_state: Literal["auto", "sacct", "scontrol"] = "auto"
     """Source of a finished job's state. ``sacct`` needs accounting storage. ``scontrol`` works
-    without it, but slurmctld drops a job MinJobAge seconds after it ends."""
+    without it, but slurmctld drops a job MinJobAge seconds after it ends. ``auto`` uses sacct
+    and switches to scontrol for good when sacct fails the first time."""
     python: str = sys.executable
     """Python interpreter on the compute nodes that runs the job launcher."""
     account: str | None = None
@@ -518,28 +519,42 @@ class OrchestratorSettings(_Section):
     """Decoder architecture that the train step trains."""
     device: Literal["cpu", "cuda"] = "cpu"
     """Device of the train step."""
+    max_pipeline_lag: int | None = Field(default=1000, ge=0)
+    """A job whose requests are debounced starts once ingest and the lake sink together lag
+    by at most this many messages, so that its dataset contains what the boards sent before
+    the requests. None starts it without checking."""
+    lake_wait_s: float = Field(default=600.0, ge=0)
+    """Maximum wait for that lag, in seconds after the debounce; then the job starts anyway."""
 
 
 class MonitorSettings(_Section):
     """Retrain triggers of ``streams.monitors``: volume, drift and schedule."""
 
+    group: str = "bcratos-monitors"
+    """Consumer group and faust application id of the monitors. It also names their changelog
+    topic (``<group>-volume-changelog``)."""
     volume_threshold: int = Field(default=500, ge=1)
     """New class_label behaviour events of a target since its last retrain job that trigger a
     volume request."""
-    drift_threshold: float = Field(default=0.5, gt=0)
-    """Drift score (mean over channels of |rate - reference| / (reference + 1 Hz)) that
-    triggers a drift request."""
+    volume_targets: Literal["global", "subjects", "both"] = "global"
+    """Targets that count class_label events: ``global`` only, each subject's pseudonym, or
+    both."""
+    drift_threshold: float = Field(default=0.6, gt=0)
+    """Drift score that triggers a drift request: the mean over channels of |rate - reference
+    mean| / (reference spread + 1 Hz), the spread being the standard deviation of one-minute
+    mean rates in the model's training data."""
     drift_min_bins: int = Field(default=1200, ge=1)
-    """Spike bins of a target needed before its drift score counts (1200 bins of 50 ms are
-    one minute)."""
+    """Spike bins in one drift window of a subject (1200 bins of 50 ms are one minute). The
+    window's score is computed when it is full, and the next window starts empty."""
     drift_cooldown_s: float = Field(default=3600.0, ge=0)
-    """Seconds after a drift request before the same target can get another one."""
+    """Seconds after a drift request for a subject before that subject can cause another one."""
     schedule_interval_s: float | None = Field(default=None, gt=0)
     """Seconds between scheduled requests of each of ``schedule_targets``; unset turns the
     schedule off."""
     schedule_targets: list[str] = Field(default_factory=lambda: ["global"])
     check_interval_s: float = Field(default=5.0, gt=0)
-    """Seconds between evaluations of the triggers."""
+    """Seconds between evaluations of the triggers. The monitors also check the Delta versions
+    of ``registry/models`` and ``registry/retrain_jobs`` at this interval."""
 
 
 class Settings(BaseSettings):

@@ -4,7 +4,8 @@ It reads RetrainRequest events from ``<prefix>retrain`` (consumer group ``orches
 and, for each target:
 
 1. collects the requests of ``orchestrator.debounce_s`` seconds, counted from the first one,
-   into one job;
+   into one job, which starts once the stream processors have caught up with the topics
+   (``orchestrator.max_pipeline_lag``, for at most ``orchestrator.lake_wait_s``);
 2. records the job in the Delta table ``registry/retrain_jobs`` and only then commits the
    requests' Kafka offsets, so a request is either recorded or read again after a restart;
 3. runs the steps prepare, train and announce one after the other, each as a job of the template
@@ -24,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 import threading
 import time
 import uuid
@@ -52,6 +54,8 @@ from infra.hpc import (
     JobState,
     create_backend,
 )
+from infra.lag import pipeline_lag
+from infra.processes import Service
 from infra.retrain_jobs import STEPS, RetrainJob, list_jobs, record_job
 from schemas import codec
 from schemas.exceptions import SchemaError
@@ -64,6 +68,11 @@ REASONS: Final = ("volume", "drift", "schedule", "manual")
 _DATASET_MAX_CHARS: Final = 64  # the dataset pattern of the default templates
 _LOG_TAIL_CHARS: Final = 500
 _PUBLISH_TIMEOUT_S: Final = 10.0
+
+SERVICE: Final = Service(
+    "orchestrator", (sys.executable, "-m", "bcratos.cli", "orchestrator", "run"), b"orchestrator"
+)
+"""``bcratos orchestrator start`` runs this in the background (``infra.processes``)."""
 
 
 @dataclass(frozen=True)
@@ -81,16 +90,24 @@ class _Request:
 class _Batch:
     first_seen_s: float  # monotonic clock
     requests: list[_Request] = field(default_factory=list)
+    waiting_logged: bool = False  # the wait for the stream processors was logged
 
 
 class Orchestrator:
     """Consumes retrain requests and drives one job per target through its steps."""
 
     def __init__(
-        self, settings: Settings, *, clock: Callable[[], float] = time.monotonic
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        lag_reader: Callable[[Settings], int | None] = pipeline_lag,
     ) -> None:
         self.settings = settings
         self._clock = clock
+        self._lag_reader = lag_reader
+        self._last_lag: int | None = None
+        self._next_lag_check_s = 0.0
         self._topic = settings.topic(RETRAIN_TOPIC)
         self._backends: dict[str, Backend] = {}
         self._jobs: dict[str, RetrainJob] = {}  # unfinished jobs by target
@@ -241,15 +258,55 @@ class Orchestrator:
         )
 
     def start_due_jobs(self) -> None:
-        """Start a job for every target whose debounce window has passed and that has none."""
+        """Start a job for every target whose debounce window has passed and that has none,
+        once the stream processors have caught up (see `_lake_caught_up`)."""
         now_s = self._clock()
         for target, batch in list(self._batches.items()):
             if now_s - batch.first_seen_s < self.settings.orchestrator.debounce_s:
                 continue
             if target in self._jobs:
                 continue
+            if not self._lake_caught_up(target, batch, now_s):
+                continue
             del self._batches[target]
             self._start_job(target, batch.requests)
+
+    def _lake_caught_up(self, target: str, batch: _Batch, now_s: float) -> bool:
+        """Return True when ingest and the lake sink lag by at most ``max_pipeline_lag``
+        messages, when their lag cannot be read, or when the batch has waited ``lake_wait_s``
+        after its debounce."""
+        limit = self.settings.orchestrator.max_pipeline_lag
+        if limit is None:
+            return True
+        waited_s = now_s - batch.first_seen_s - self.settings.orchestrator.debounce_s
+        if waited_s >= self.settings.orchestrator.lake_wait_s:
+            logger.warning(
+                "starting the retrain job of target %s although the stream processors have not "
+                "caught up after %.0f s (lag %s); its dataset may miss recent data",
+                target, waited_s, self._last_lag,
+            )
+            return True
+        if self._clock() >= self._next_lag_check_s:
+            self._last_lag = self._lag_reader(self.settings)
+            interval_s = min(2.0, self.settings.orchestrator.poll_interval_s)
+            self._next_lag_check_s = self._clock() + interval_s
+            if self._last_lag is not None and self._last_lag > limit and not batch.waiting_logged:
+                batch.waiting_logged = True
+                logger.info(
+                    "retrain job of target %s waits until the stream processors catch up: "
+                    "%d messages to go",
+                    target, self._last_lag,
+                )
+        if self._last_lag is None:
+            if not batch.waiting_logged:
+                batch.waiting_logged = True
+                logger.warning(
+                    "the lag of the stream processors could not be read; starting the retrain "
+                    "job of target %s without waiting for them",
+                    target,
+                )
+            return True
+        return self._last_lag <= limit
 
     def _start_job(self, target: str, requests: list[_Request]) -> None:
         now = datetime.now(UTC)

@@ -39,3 +39,7 @@ class MaintenanceError(JobsError):
 
 class ErasureError(JobsError):
     """A subject erasure that was rejected or failed, naming the table it stopped at."""
+
+
+class ReportError(JobsError):
+    """A report that cannot be built at all, such as one for a lake folder that does not exist."""

@@ -1,273 +1,288 @@
-"""Retrain triggers: volume, drift and schedule monitors that publish RetrainRequest events.
+"""The retrain monitors: a faust app that publishes RetrainRequest events on ``retrain``.
 
-- **volume**: class_label events of ``anon.behavior`` per target (the subject pseudonym, and
-  ``global`` for all subjects) newer than the target's last retrain job. At
-  ``monitors.volume_threshold`` events a request is sent and the count starts again.
-- **drift**: per-channel mean spike rates of ``anon.spikes`` per subject pseudonym, compared
-  with ``reference.json`` (``{"mean_rate_hz": [...]}``) in the folder of the target's current
-  model from the Delta table ``registry/models``. The score is the mean over channels of
-  ``|rate - reference| / (reference + 1 Hz)``. Once ``monitors.drift_min_bins`` bins are in,
-  a score at or above ``monitors.drift_threshold`` sends a request. ``bcratos train`` writes
-  ``reference.json`` from the training split of the dataset.
-- **schedule**: every ``monitors.schedule_interval_s`` seconds after the target's last retrain
-  job, a request for each of ``monitors.schedule_targets``.
+Two agents feed the trigger rules of `streams.triggers`: one counts the class_label events of
+``anon.behavior`` and one adds the frames of ``anon.spikes`` to per-subject drift windows. A
+timer runs every ``monitors.check_interval_s`` seconds. It reads ``registry/models`` and
+``registry/retrain_jobs`` again when their Delta version changed, sends volume requests that a
+previous attempt did not deliver, and publishes the requests of every trigger that fired, keyed
+by target.
 
-This is a plain confluent-kafka consumer rather than a faust app: the counters are rebuilt on
-start from the topics and the job table instead of a changelog. It reads ``anon.behavior`` from
-the beginning (events older than a target's last job are not counted, by Kafka timestamp) and
-``anon.spikes`` from the end, since drift concerns current data only. It assigns every
-partition to itself, so only one monitor process should run.
+Restarts. The volume counts are the faust table ``volume``, with changelog topic
+``<monitors.group>-volume-changelog``. Faust delivers changelog records before it commits the
+offsets of the events behind them, so a crash loses no count. A restarted app may read events
+again, but each count stores the last offset it counted per partition and skips events at or
+below it.
+A volume request is written into its count, and that changelog record is delivered before the
+request is sent. If the app stops in between, the restarted app sends the request again with
+the same request id, which the orchestrator recognises. The drift windows live in memory: after
+a restart every subject's window starts empty at the committed ``anon.spikes`` offset.
+
+NOTE: run one monitor process per consumer group. The table has one changelog partition,
+chosen by key rather than by source partition so that the timer can reset counts. A second
+worker would not get that partition, so its table would stay empty.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import threading
+import os
 import time
-import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Final
-from urllib.parse import unquote, urlsplit
 
-import numpy as np
-from confluent_kafka import (
-    OFFSET_BEGINNING,
-    OFFSET_END,
-    Consumer,
-    Message,
-    Producer,
-    TopicPartition,
-)
-from deltalake import DeltaTable
+import faust
+from aiokafka.errors import KafkaError
+from deltalake.exceptions import DeltaError
+from faust.exceptions import ProducerSendError
+from faust.types import Message
 
 from bcratos.config import Settings
 from schemas import codec
 from schemas.exceptions import SchemaError
+from streams.monitor_registry import RegistryUpdate, RegistryWatch
+from streams.triggers import RetrainTrigger, TriggerState
 
 logger = logging.getLogger(__name__)
 
-GLOBAL_TARGET: Final = "global"
-REFERENCE_FILE: Final = "reference.json"
-_RATE_FLOOR_HZ: Final = 1.0  # keeps silent reference channels from dominating the score
-_DTYPES: Final = {"uint8": "<u1", "uint16": "<u2", "int16": "<i2", "int32": "<i4"}
+REQUESTED_BY: Final = "bcratos-monitors"
+VOLUME_TABLE: Final = "volume"
+_RECORD_NAMES: Final = {"anon.behavior": "AnonBehaviorEvent", "anon.spikes": "AnonSpikeFrame"}
 
 
-@dataclass
-class _RateSum:
-    counts: np.ndarray  # (channels,) spike counts summed over bins
-    seconds: float = 0.0
-    bins: int = 0
+class MonitorMetrics:
+    """Counters of the monitor process, written to ``<data_dir>/streams/`` as JSON."""
 
+    def __init__(self, settings: Settings) -> None:
+        self._path = settings.data_dir / "streams" / f"monitor-{os.getpid()}.json"
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._started_s = time.time()
+        self.read: Counter[str] = Counter()
+        self.skipped: Counter[str] = Counter()
+        self.requests: Counter[str] = Counter()
+        self.undelivered = 0
 
-@dataclass
-class TriggerState:
-    """Counters of the three triggers; ``now_s`` values are Unix times in seconds."""
-
-    settings: Settings
-    last_job_s: dict[str, float] = field(default_factory=dict)
-    """Creation time of each target's last retrain job that did not fail."""
-    references: dict[str, np.ndarray] = field(default_factory=dict)
-    """Reference mean rate in Hz per channel, by target."""
-    labelled: dict[str, int] = field(default_factory=dict)
-    rates: dict[str, _RateSum] = field(default_factory=dict)
-    last_drift_request_s: dict[str, float] = field(default_factory=dict)
-    started_s: float = field(default_factory=time.time)
-
-    def add_behavior(self, record: Mapping[str, Any], timestamp_s: float) -> None:
-        if record["kind"] != "class_label":
-            return
-        for target in (record["subject_pseudonym"], GLOBAL_TARGET):
-            if timestamp_s > self.last_job_s.get(target, 0.0):
-                self.labelled[target] = self.labelled.get(target, 0) + 1
-
-    def add_spikes(self, record: Mapping[str, Any]) -> None:
-        shape = (record["n_bins"], record["n_channels"])
-        counts = np.frombuffer(record["counts"], dtype=_DTYPES[record["dtype"]]).reshape(shape)
-        target = record["subject_pseudonym"]
-        rate = self.rates.get(target)
-        if rate is None or rate.counts.shape[0] != shape[1]:
-            rate = self.rates[target] = _RateSum(np.zeros(shape[1]))
-        rate.counts += counts.sum(axis=0)  # (channels,)
-        rate.seconds += shape[0] * record["bin_ms"] / 1000.0
-        rate.bins += shape[0]
-
-    def due_requests(self, now_s: float) -> list[tuple[str, str, dict[str, float]]]:
-        """Return ``(target, reason, evidence)`` of every trigger that fired, and reset them."""
-        monitors = self.settings.monitors
-        requests: list[tuple[str, str, dict[str, float]]] = []
-        for target, count in list(self.labelled.items()):
-            if count >= monitors.volume_threshold:
-                requests.append((target, "volume", {"new_labelled_events": float(count)}))
-                self._mark_requested(target, now_s)
-        for target in list(self.rates):
-            evidence = self._drift_evidence(target, now_s)
-            if evidence is not None:
-                requests.append((target, "drift", evidence))
-                self.last_drift_request_s[target] = now_s
-                del self.rates[target]
-        if monitors.schedule_interval_s is not None:
-            for target in monitors.schedule_targets:
-                since_s = self.last_job_s.get(target, self.started_s)
-                if now_s - since_s >= monitors.schedule_interval_s:
-                    evidence = {"seconds_since_last_job": now_s - since_s}
-                    requests.append((target, "schedule", evidence))
-                    self._mark_requested(target, now_s)
-        return requests
-
-    def _mark_requested(self, target: str, now_s: float) -> None:
-        # The orchestrator records a job for the request; counting starts again from now.
-        self.last_job_s[target] = now_s
-        self.labelled.pop(target, None)
-
-    def _drift_evidence(self, target: str, now_s: float) -> dict[str, float] | None:
-        monitors = self.settings.monitors
-        rate = self.rates[target]
-        reference = self.references.get(target)
-        if reference is None or rate.bins < monitors.drift_min_bins or rate.seconds <= 0:
-            return None
-        if now_s - self.last_drift_request_s.get(target, -np.inf) < monitors.drift_cooldown_s:
-            return None
-        if reference.shape != rate.counts.shape:
-            logger.warning(
-                "drift of target %s not checked: %d channels, but its reference has %d",
-                target, rate.counts.shape[0], reference.shape[0],
-            )
-            del self.rates[target]
-            return None
-        mean_rate_hz = rate.counts / rate.seconds
-        score = float(np.mean(np.abs(mean_rate_hz - reference) / (reference + _RATE_FLOOR_HZ)))
-        if score < monitors.drift_threshold:
-            return None
-        return {"drift_score": score, "bins": float(rate.bins), "channels": float(reference.size)}
-
-
-def load_last_jobs(settings: Settings) -> dict[str, float]:
-    """Return the creation time (Unix seconds) of each target's newest retrain job that did not
-    fail, from the Delta table ``registry/retrain_jobs``."""
-    uri = f"{settings.lake_uri.rstrip('/')}/registry/retrain_jobs"
-    if not DeltaTable.is_deltatable(uri):
-        return {}
-    rows = DeltaTable(uri).to_pyarrow_table(columns=["target", "state", "created_at"]).to_pylist()
-    last: dict[str, float] = {}
-    for row in rows:
-        if row["state"] != "failed":
-            created_s = row["created_at"].timestamp()
-            last[row["target"]] = max(created_s, last.get(row["target"], 0.0))
-    return last
-
-
-def load_references(settings: Settings) -> dict[str, np.ndarray]:
-    """Return the reference mean rates of each target's current model, for the models whose
-    folder has a ``reference.json``."""
-    uri = f"{settings.lake_uri.rstrip('/')}/registry/models"
-    if not DeltaTable.is_deltatable(uri):
-        return {}
-    columns = ["target", "decided_at", "decision", "artifact_uri"]
-    rows = DeltaTable(uri).to_pyarrow_table(columns=columns).to_pylist()
-    current: dict[str, Mapping[str, Any]] = {}
-    for row in sorted(rows, key=lambda row: row["decided_at"]):
-        if row["decision"] == "announced":
-            current[row["target"]] = row
-    references: dict[str, np.ndarray] = {}
-    for target, row in current.items():
-        parts = urlsplit(row["artifact_uri"])
-        path = Path(unquote(parts.path)) / REFERENCE_FILE
-        if parts.scheme != "file" or not path.is_file():
-            logger.info("no drift reference for target %s: %s not found", target, path)
-            continue
-        try:
-            rates = json.loads(path.read_text())["mean_rate_hz"]
-            references[target] = np.asarray(rates, dtype=np.float64)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            logger.warning(
-                "skipping invalid drift reference %s of target %s: %s", path, target, exc
-            )
-    return references
-
-
-def run_monitors(settings: Settings, stop: threading.Event) -> None:
-    """Consume behaviour and spike events and publish retrain requests until ``stop`` is set.
-
-    Raises ``deltalake.exceptions.DeltaError`` or ``OSError`` when the job or model table
-    cannot be read on start.
-    """
-    state = TriggerState(
-        settings, last_job_s=load_last_jobs(settings), references=load_references(settings)
-    )
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka.bootstrap,
-            "group.id": "bcratos-monitors",
-            "enable.auto.commit": False,
-            "logger": logging.getLogger(f"{__name__}.librdkafka"),
+    def write(self) -> None:
+        snapshot = {
+            "stage": "monitor",
+            "pid": os.getpid(),
+            "started_at": self._started_s,
+            "updated_at": time.time(),
+            "read": dict(self.read),
+            "skipped": dict(self.skipped),
+            "requests": dict(self.requests),
+            "undelivered": self.undelivered,
         }
+        temporary = self._path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(snapshot, indent=1))
+        temporary.replace(self._path)
+
+
+def build_app(settings: Settings) -> faust.App:
+    """Create the monitors' faust app, reading the registry tables once.
+
+    Raises ``deltalake.exceptions.DeltaError`` or ``OSError`` when they cannot be read.
+    """
+    monitors = settings.monitors
+    datadir = settings.data_dir / "faust" / monitors.group
+    datadir.parent.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        monitors.group,
+        broker=f"kafka://{settings.kafka.bootstrap}",
+        store="memory://",
+        datadir=str(datadir),
+        web_enabled=False,
+        # One broker in the embedded stack: the changelog topic gets one replica there.
+        topic_replication_factor=1 if settings.kafka.embedded else 3,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
     )
+    volume = app.Table(
+        VOLUME_TABLE,
+        partitions=1,
+        use_partitioner=True,
+        help="Labelled behaviour events per target since its last retrain job (JSON values).",
+    )
+    state = TriggerState(monitors, volume=volume, started_s=time.time())
+    watch = RegistryWatch(settings)
+    _apply_update(state, watch.poll())
+    metrics = MonitorMetrics(settings)
     behavior_topic = settings.topic("anon.behavior")
     spikes_topic = settings.topic("anon.spikes")
-    consumer.assign(
-        _partitions(consumer, behavior_topic, OFFSET_BEGINNING)
-        + _partitions(consumer, spikes_topic, OFFSET_END)
-    )
-    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap, "acks": "all"})
-    logger.info("retrain monitors started on %s and %s", behavior_topic, spikes_topic)
-    next_check_s = time.monotonic() + settings.monitors.check_interval_s
-    try:
-        while not stop.is_set():
-            message = consumer.poll(0.5)
-            if message is not None and message.error() is None:
-                _add(state, message, behavior_topic)
-            if time.monotonic() >= next_check_s:
-                for target, reason, evidence in state.due_requests(time.time()):
-                    _publish(settings, producer, target, reason, evidence)
-                next_check_s = time.monotonic() + settings.monitors.check_interval_s
-    finally:
-        consumer.close()
-        producer.flush(10.0)
-        logger.info("retrain monitors stopped")
+    retrain = app.topic(settings.topic("retrain"), key_serializer="raw", value_serializer="raw")
+
+    def add_behavior(record: dict[str, Any], message: Message) -> None:
+        state.add_behavior(
+            record,
+            timestamp_s=message.timestamp,
+            partition=message.partition,
+            offset=message.offset,
+        )
+
+    def add_spikes(record: dict[str, Any], message: Message) -> None:
+        state.add_spikes(record, timestamp_s=message.timestamp)
+
+    @app.agent(_raw_topic(app, behavior_topic), name="count-labelled-events")
+    async def count_labelled_events(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            _apply(event.message, "anon.behavior", metrics, add_behavior)
+
+    @app.agent(_raw_topic(app, spikes_topic), name="add-spike-rates")
+    async def add_spike_rates(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            if state.models:  # without a reference, decoding the frame would be wasted work
+                _apply(event.message, "anon.spikes", metrics, add_spikes)
+
+    recovered = asyncio.Event()
+
+    @volume.on_recover
+    async def volume_recovered() -> None:
+        recovered.set()
+
+    @app.timer(interval=monitors.check_interval_s)  # type: ignore[untyped-decorator]
+    async def check_triggers() -> None:
+        if app.rebalancing or app.in_recovery or not recovered.is_set():
+            return  # the volume table is incomplete until its recovery has ended
+        await _refresh_registry(watch, state)
+        retries = state.undelivered()
+        new = state.due_requests(time.time())
+        if any(trigger.reason == "volume" for trigger in new):
+            await app.producer.flush()  # the pending requests reach the changelog first
+        for trigger in [*retries, *new]:
+            if await _publish(retrain, trigger):
+                state.mark_delivered(trigger)
+                metrics.requests[trigger.reason] += 1
+        if retries or new:
+            await app.producer.flush()  # the delivered marks reach the changelog
+        metrics.undelivered = len(state.undelivered())
+        metrics.write()
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def log_start() -> None:
+        logger.info(
+            "retrain monitors started: group %s, topics %s and %s, volume targets %s",
+            monitors.group, behavior_topic, spikes_topic, monitors.volume_targets,
+        )
+
+    @app.on_before_shutdown.connect
+    def log_stop(_sender: Any, /, *_args: Any, signal: Any, **_kwargs: Any) -> None:
+        logger.info(
+            "retrain monitors stopping: %d undelivered volume requests stay in the changelog",
+            len(state.undelivered()),
+        )
+
+    return app
 
 
-def _partitions(consumer: Consumer, topic: str, offset: int) -> list[TopicPartition]:
-    metadata = consumer.list_topics(topic, timeout=10.0).topics[topic]
-    return [TopicPartition(topic, partition, offset) for partition in metadata.partitions]
+def _raw_topic(app: faust.App, name: str) -> faust.TopicT:
+    return app.topic(name, value_type=bytes, value_serializer="raw")
 
 
-def _add(state: TriggerState, message: Message, behavior_topic: str) -> None:
-    topic = message.topic()
+def _apply(
+    message: Message,
+    short_topic: str,
+    metrics: MonitorMetrics,
+    add: Callable[[dict[str, Any], Message], None],
+) -> None:
+    """Decode one message and pass its record to ``add``, or log and skip an unusable one.
+
+    Ingest validated these records already, so a bad one is rare, and the monitors skip it
+    rather than stop.
+    """
+    metrics.read[short_topic] += 1
+    where = f"{message.topic}[{message.partition}]@{message.offset}"
+    expected = _RECORD_NAMES[short_topic]
     try:
         decoded = codec.decode(
-            message.value(), topic=topic, partition=message.partition(), offset=message.offset()
+            message.value, topic=message.topic, partition=message.partition, offset=message.offset
         )
     except SchemaError as exc:
-        logger.warning("skipping an invalid record: %s", exc)
+        metrics.skipped[short_topic] += 1
+        logger.warning("skipping an undecodable record: %s", exc)  # exc names the offset
         return
-    if topic == behavior_topic:
-        _kind, timestamp_ms = message.timestamp()
-        state.add_behavior(decoded.record, timestamp_ms / 1000.0)
-    else:
-        state.add_spikes(decoded.record)
+    try:
+        if decoded.name != expected:
+            raise TypeError(f"it is a {decoded.name} record, expected {expected}")
+        add(decoded.record, message)
+    except (KeyError, ValueError, TypeError) as exc:
+        metrics.skipped[short_topic] += 1
+        logger.warning("skipping the %s record at %s: %s", decoded.name, where, exc)
 
 
-def _publish(
-    settings: Settings, producer: Producer, target: str, reason: str, evidence: dict[str, float]
-) -> None:
-    request = {
-        "request_id": uuid.uuid4().hex,
-        "target": target,
-        "reason": reason,
-        "evidence": evidence,
-        "detail": f"{reason} trigger of the retrain monitors",
-        "requested_at": datetime.now(UTC),
-        "requested_by": "bcratos-monitors",
-    }
-    topic = settings.topic("retrain")
-    producer.produce(topic, key=target.encode(), value=codec.encode("RetrainRequest", request))
-    if producer.flush(10.0) > 0:
+async def _refresh_registry(watch: RegistryWatch, state: TriggerState) -> None:
+    loop = asyncio.get_running_loop()
+    try:
+        update = await loop.run_in_executor(None, watch.poll)
+    except (DeltaError, OSError) as exc:
         logger.warning(
-            "retrain request for target %s (%s) was not delivered to %s", target, reason, topic
+            "failed to read the registry tables, so the monitors keep their references and "
+            "job times and read the tables again at the next check: %s", exc,
         )
         return
-    logger.info("requested retraining of target %s (%s): %s", target, reason, evidence)
+    _apply_update(state, update)
+
+
+def _apply_update(state: TriggerState, update: RegistryUpdate) -> None:
+    if update.references is not None:
+        state.set_references(update.references)
+        logger.info(
+            "drift references loaded: %s",
+            ", ".join(f"{ref.target}={ref.model_version}" for ref in update.references.values())
+            or "none",
+        )
+    if update.last_jobs is not None:
+        state.set_last_jobs(update.last_jobs)
+
+
+async def _publish(retrain: faust.TopicT, trigger: RetrainTrigger) -> bool:
+    """Send ``trigger`` as a RetrainRequest, wait for the broker and return whether it
+    acknowledged the request."""
+    request = {
+        "request_id": trigger.request_id,
+        "target": trigger.target,
+        "reason": trigger.reason,
+        "evidence": trigger.evidence,
+        "detail": trigger.detail,
+        "requested_at": datetime.fromtimestamp(trigger.requested_s, UTC),
+        "requested_by": REQUESTED_BY,
+    }
+    value = codec.encode("RetrainRequest", request)
+    try:
+        sent = await retrain.send(key=trigger.target.encode(), value=value)
+        await sent
+    except (TimeoutError, KafkaError, ProducerSendError) as exc:
+        logger.warning(
+            "retrain request %s for target %s (%s) was not delivered to %s: %s; %s",
+            trigger.request_id, trigger.target, trigger.reason, retrain.get_topic_name(), exc,
+            "it is sent again at the next check" if trigger.reason == "volume" else "dropped",
+        )
+        return False
+    logger.info(
+        "requested retraining of target %s (%s, request %s): %s; %s",
+        trigger.target, trigger.reason, trigger.request_id, trigger.evidence, trigger.detail,
+    )
+    return True
+
+
+def run_worker(settings: Settings) -> None:
+    """Run the monitors until SIGINT or SIGTERM.
+
+    Raises ``deltalake.exceptions.DeltaError`` or ``OSError`` when the registry tables cannot
+    be read on start.
+    """
+    app = build_app(settings)
+    worker = faust.Worker(
+        app,
+        loglevel="INFO",
+        quiet=True,
+        # faust logs at WARNING and above; the monitors' own lifecycle messages at INFO.
+        logging_config={
+            "merge": True,
+            "root": {"level": "WARNING"},
+            "loggers": {"streams": {"level": "INFO"}},
+        },
+    )
+    worker.execute_from_commandline()

@@ -1,32 +1,40 @@
-"""``bcratos streams run``: the ingest workers and the lake sink as supervised processes."""
+"""``bcratos streams run``: the ingest workers, the lake sink and the retrain monitors as
+supervised processes."""
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from types import FrameType
 from typing import Literal
 
 from bcratos.config import Settings, load_settings
+from infra import processes
+from infra.processes import Service
 
 logger = logging.getLogger(__name__)
 
-Stage = Literal["all", "ingest", "sink"]
+Stage = Literal["all", "ingest", "sink", "monitor"]
+STAGES: tuple[Stage, ...] = ("all", "ingest", "sink", "monitor")
 
 
 def run(settings: Settings, *, workers: int = 1, stage: str = "all") -> None:
     """Run the processors until SIGINT or SIGTERM.
 
-    ``ingest`` with one worker and ``sink`` run in this process. Anything more starts one
-    child process per worker, and stops them all when one fails or a signal arrives.
+    ``ingest`` with one worker, ``sink`` and ``monitor`` run in this process. ``all`` starts
+    one child process per ingest worker, one for the sink and one for the monitors, and stops
+    them all when one fails or a signal arrives.
     """
     if stage == "sink":
         run_sink(settings)
+        return
+    if stage == "monitor":
+        from streams.monitors import run_worker as run_monitors
+
+        run_monitors(settings)
         return
     if stage == "ingest" and workers == 1:
         from streams.processor import build_pipeline, run_worker
@@ -35,7 +43,7 @@ def run(settings: Settings, *, workers: int = 1, stage: str = "all") -> None:
         run_worker(settings)
         return
 
-    stages = ["ingest"] * workers + (["sink"] if stage == "all" else [])
+    stages = ["ingest"] * workers + (["sink", "monitor"] if stage == "all" else [])
     supervise(stages)
 
 
@@ -98,68 +106,29 @@ def supervise(stages: list[str]) -> None:
         raise StreamsError("stream processor stopped: " + "; ".join(failed))
 
 
-def pid_file(settings: Settings) -> Path:
-    """Return the file that records the pid of processors started with `start_detached`."""
-    return settings.data_dir / "run" / "streams.pid"
+def service(workers: int = 1) -> Service:
+    """Return the background service of ``bcratos streams start``: the supervisor of
+    ``workers`` ingest workers, the sink and the monitors. Its log is
+    ``<data_dir>/logs/streams.log`` and its pid file ``<data_dir>/run/streams.pid``."""
+    return Service(
+        "streams", (sys.executable, "-m", "streams.runner", "all", str(workers)), b"streams.runner"
+    )
 
 
 def start_detached(settings: Settings, *, workers: int = 1) -> int:
-    """Start ``workers`` ingest workers and the sink in the background; return the pid.
-
-    Returns the pid of a detached supervisor already running instead of starting another.
-    Output goes to ``<data_dir>/logs/streams.log``.
-    """
-    running = detached_pid(settings)
-    if running is not None:
-        return running
-    log_dir = settings.data_dir / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    pid_file(settings).parent.mkdir(parents=True, exist_ok=True)
-    with (log_dir / "streams.log").open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "streams.runner", "all", str(workers)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    pid_file(settings).write_text(f"{process.pid}\n")
-    logger.info("started stream processors in the background, pid %d", process.pid)
-    return process.pid
+    """Start the processors in the background and return the supervisor's pid, or the pid of
+    a supervisor that already runs."""
+    return processes.start_detached(settings, service(workers))
 
 
 def detached_pid(settings: Settings) -> int | None:
     """Return the pid of the background processors when they still run."""
-    try:
-        pid = int(pid_file(settings).read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError):
-        return None
-    return pid if b"streams.runner" in cmdline else None
+    return processes.detached_pid(settings, service())
 
 
 def stop_detached(settings: Settings, timeout_s: float = 90.0) -> bool:
     """Stop processors started with `start_detached`; return True when some were running."""
-    pid = detached_pid(settings)
-    pid_file(settings).unlink(missing_ok=True)
-    if pid is None:
-        return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while _running(pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if _running(pid):
-        logger.warning("stream processors, pid %d, ignored SIGTERM; killing them", pid)
-        os.killpg(pid, signal.SIGKILL)
-    logger.info("stopped stream processors, pid %d", pid)
-    return True
-
-
-def _running(pid: int) -> bool:
-    try:
-        return b") Z " not in Path(f"/proc/{pid}/stat").read_bytes()  # a zombie has exited
-    except OSError:
-        return False
+    return processes.stop_detached(settings, service(), timeout_s=timeout_s)
 
 
 def _main() -> None:

@@ -7,9 +7,8 @@ import os
 import time
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
-
 from bcratos.config import Settings
+from infra.lag import group_lag
 from streams.processor import RAW_TOPICS
 from streams.sink import ROUTES
 
@@ -20,8 +19,8 @@ def collect(settings: Settings) -> dict[str, Any]:
     return {
         "workers": _workers(settings),
         "lag": {
-            streams.ingest_group: _lag(settings, streams.ingest_group, RAW_TOPICS),
-            streams.sink_group: _lag(settings, streams.sink_group, tuple(ROUTES)),
+            streams.ingest_group: group_lag(settings, streams.ingest_group, RAW_TOPICS),
+            streams.sink_group: group_lag(settings, streams.sink_group, tuple(ROUTES)),
         },
     }
 
@@ -74,42 +73,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _lag(settings: Settings, group: str, short_topics: tuple[str, ...]) -> dict[str, Any]:
-    """Return per-topic lag: high watermarks minus the group's committed offsets."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka.bootstrap,
-            "group.id": group,
-            "enable.auto.commit": False,
-        }
-    )
-    result: dict[str, Any] = {}
-    try:
-        for short in short_topics:
-            topic = settings.topic(short)
-            try:
-                metadata = consumer.list_topics(topic, timeout=5)
-                partitions = [
-                    TopicPartition(topic, partition)
-                    for partition in metadata.topics[topic].partitions
-                ]
-                committed = consumer.committed(partitions, timeout=5)
-            except (KafkaException, KeyError) as exc:
-                result[short] = {"error": str(exc)}
-                continue
-            lag = 0
-            end = 0
-            for position in committed:
-                low, high = consumer.get_watermark_offsets(position, timeout=5)
-                end += high
-                start = position.offset if position.offset >= 0 else low
-                lag += max(0, high - start)
-            result[short] = {"end_offsets": end, "lag": lag}
-    finally:
-        consumer.close()
-    return result
-
-
 def render(status: dict[str, Any]) -> str:
     """Render the status as text for a terminal."""
     lines = []
@@ -124,6 +87,12 @@ def render(status: dict[str, Any]) -> str:
             warnings = worker.get("warnings") or {}
             if warnings:
                 lines.append(f"  warnings: {_counts(warnings)}")
+        elif worker["stage"] == "monitor":
+            for name in ("read", "skipped", "requests"):
+                values = worker.get(name) or {}
+                if values:
+                    lines.append(f"  {name}: {_counts(values)}")
+            lines.append(f"  undelivered volume requests: {worker.get('undelivered', 0)}")
         else:
             for name in ("read", "written", "duplicates", "dead_lettered"):
                 values = worker.get(name) or {}

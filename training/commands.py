@@ -102,7 +102,13 @@ def train_dataset(
         runtime=runtime,
     )
 
-    last_training_day = int(np.max(np.asarray(arrays.session_day)[train_set.indexes]))
+    # Shifted days differ per subject, so days since training count per subject.
+    training_subjects = np.asarray(arrays.subject)[train_set.indexes]
+    training_days = np.asarray(arrays.session_day)[train_set.indexes]
+    last_training_day = {
+        int(code): int(training_days[training_subjects == code].max())
+        for code in np.unique(training_subjects)
+    }
     test_metrics = evaluate_split(
         result.model, arrays, test_set, device=runtime.device, last_training_day=last_training_day
     )
@@ -143,21 +149,71 @@ DRIFT_REFERENCE_FILE = "reference.json"
 """Per-channel mean spike rates of the training data, which the drift monitor compares with."""
 
 
-def write_drift_reference(arrays: StepArrays, subjects: list[str], directory: Path) -> Path:
-    """Write the training split's mean spike rate per channel, in Hz, next to the model.
+DRIFT_WINDOW_S = 60.0
+"""Length of the windows whose spread of mean rates ``reference.json`` records."""
 
-    The drift monitor reads ``{"mean_rate_hz": [...]}`` from the folder of a target's current
-    model. The file is not part of the signed artifact, so a board never needs it.
+
+def write_drift_reference(arrays: StepArrays, subjects: list[str], directory: Path) -> Path:
+    """Write the training split's spike-rate statistics per channel, in Hz, next to the model.
+
+    The file is ``{"mean_rate_hz": [...], "window_sd_hz": [...], "steps": n, "subjects":
+    {pseudonym: {...the same fields}}}``. ``window_sd_hz`` is the standard deviation of the mean
+    rate over one-minute windows of the training sessions, so it contains both the noise of a
+    one-minute estimate and the day-to-day changes that the model was trained across. Each
+    subject's entry has that subject's own channel count, without the padding of ``arrays``; a
+    subject without training steps has no entry. The top level is the subject's entry for a
+    one-subject model, and the statistics over all subjects' steps at the padded width
+    otherwise. The drift monitor compares a subject with its entry in the model it runs. The
+    file is not part of the signed artifact, so a board never needs it.
     """
-    codes = [arrays.info.subjects.index(name) for name in subjects]
-    rows = (arrays.split == SPLITS.index("train")) & np.isin(arrays.subject, codes) & ~arrays.gap
-    counts = np.asarray(arrays.counts[rows], dtype=np.float64)  # (steps, channels)
     step_s = arrays.info.step_ms / 1000.0
-    mean_rate_hz = counts.mean(axis=0) / step_s if counts.size else np.zeros(arrays.n_channels)
+    training = (arrays.split == SPLITS.index("train")) & ~arrays.gap  # (steps,)
+    per_subject = {}
+    for name in subjects:
+        rows = training & (arrays.subject == arrays.info.subjects.index(name))
+        if not rows.any():
+            logger.info("no drift reference for subject %s: it has no training steps", name)
+            continue
+        channels = arrays.info.channels[name]
+        per_subject[name] = _rate_statistics(arrays, rows, channels, step_s)
+    if len(subjects) == 1:
+        rows = training & (arrays.subject == arrays.info.subjects.index(subjects[0]))
+        channels = arrays.info.channels[subjects[0]]
+    else:
+        rows = training & np.isin(arrays.subject, [arrays.info.subjects.index(n) for n in subjects])
+        channels = arrays.n_channels
+    top_level = _rate_statistics(arrays, rows, channels, step_s)
     path = directory / DRIFT_REFERENCE_FILE
-    reference = {"mean_rate_hz": mean_rate_hz.round(6).tolist(), "steps": int(rows.sum())}
-    path.write_text(json.dumps(reference))
+    path.write_text(json.dumps({**top_level, "subjects": per_subject}))
     return path
+
+
+def _rate_statistics(
+    arrays: StepArrays, rows: np.ndarray, channels: int, step_s: float
+) -> dict[str, Any]:
+    """Return the mean rate and the spread of one-minute mean rates per channel in Hz of the
+    ``rows`` (a boolean mask over steps), and their number of steps."""
+    counts = np.asarray(arrays.counts[rows, :channels], dtype=np.float64)  # (steps, channels)
+    if counts.shape[0] == 0:
+        zeros = np.zeros(channels).tolist()
+        return {"mean_rate_hz": zeros, "window_sd_hz": zeros, "steps": 0}
+    window = max(1, round(DRIFT_WINDOW_S / step_s))
+    sessions = np.asarray(arrays.session)[rows]  # rows are sorted by session within a subject
+    window_means = []
+    for session in np.unique(sessions):
+        session_counts = counts[sessions == session]
+        for start in range(0, session_counts.shape[0] - window + 1, window):
+            window_means.append(session_counts[start : start + window].mean(axis=0))
+    spread = (
+        np.std(window_means, axis=0, ddof=1) / step_s
+        if len(window_means) >= 2
+        else np.zeros(channels)
+    )
+    return {
+        "mean_rate_hz": (counts.mean(axis=0) / step_s).round(6).tolist(),
+        "window_sd_hz": np.asarray(spread).round(6).tolist(),
+        "steps": int(counts.shape[0]),
+    }
 
 
 def _export(model: Any, config: dict[str, Any], directory: Path) -> Path:

@@ -19,8 +19,8 @@ largest wins.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -125,6 +125,8 @@ class TrialResult:
     predicted_class: npt.NDArray[np.int64]
     session_day: npt.NDArray[np.int32]
     skipped_short: int
+    subject: npt.NDArray[np.int32] = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+    """Subject code of each trial."""
     """Rewarded trials left out because fewer than ``steps`` of their steps had a logit."""
 
 
@@ -174,19 +176,25 @@ def trial_predictions(
         predicted_class=predicted.astype(np.int64),
         session_day=np.asarray(arrays.session_day)[first_row][complete],
         skipped_short=int((~complete).sum()),
+        subject=np.asarray(arrays.subject)[first_row][complete],
     )
 
 
 def accuracy_by_days_since_training(
     session_day: npt.NDArray[np.integer[Any]],
     correct: npt.NDArray[np.bool_],
-    last_training_day: int,
+    last_training_day: int | npt.NDArray[np.integer[Any]],
 ) -> dict[int, dict[str, float | int]]:
     """Return accuracy and sample count per day distance from the last training day.
 
     ``correct`` contains one flag per sample (step or trial) and ``session_day`` its day.
+    ``last_training_day`` is one day for all samples, or one per sample: each subject has its
+    own shifted days, so a model of several subjects is measured from each subject's last
+    training day.
     """
-    days_since = np.asarray(session_day, dtype=np.int64) - last_training_day
+    days_since = np.asarray(session_day, dtype=np.int64) - np.asarray(
+        last_training_day, dtype=np.int64
+    )
     table: dict[int, dict[str, float | int]] = {}
     for distance in np.unique(days_since):
         mask = days_since == distance
@@ -203,10 +211,14 @@ def evaluate_split(
     dataset: WindowDataset,
     *,
     device: torch.device | str = "cpu",
-    last_training_day: int | None = None,
+    last_training_day: int | Mapping[int, int] | None = None,
     trial_steps: int = 10,
 ) -> dict[str, Any]:
-    """Return step-level metrics, trial-level accuracy and accuracy by days since training."""
+    """Return step-level metrics, trial-level accuracy and accuracy by days since training.
+
+    ``last_training_day`` is one day, or the last training day of each subject code; samples
+    of a subject without one (no training steps) are left out of the table by days.
+    """
     logits = predict_logits(model, dataset, device=device)
     y_true = dataset.labels_of_targets()
     y_pred = logits.argmax(axis=1) if logits.size else np.zeros(0, dtype=np.int64)
@@ -217,11 +229,19 @@ def evaluate_split(
     metrics["trials"] = trials.trials
     metrics["trials_skipped_short"] = trials.skipped_short
     if last_training_day is not None:
-        days = np.asarray(arrays.session_day)[dataset.indexes]
-        metrics["by_days_since_training"] = {
-            "steps": accuracy_by_days_since_training(days, y_pred == y_true, last_training_day),
-            "trials": accuracy_by_days_since_training(
-                trials.session_day, trials.predicted_class == trials.true_class, last_training_day
-            ),
-        }
+        step_subjects = np.asarray(arrays.subject)[dataset.indexes]
+        by_days = {}
+        for unit, days, correct, subjects in (
+            ("steps", np.asarray(arrays.session_day)[dataset.indexes], y_pred == y_true,
+             step_subjects),
+            ("trials", trials.session_day, trials.predicted_class == trials.true_class,
+             trials.subject),
+        ):  # fmt: skip
+            if isinstance(last_training_day, int):
+                by_days[unit] = accuracy_by_days_since_training(days, correct, last_training_day)
+                continue
+            known = np.isin(subjects, list(last_training_day))
+            last = np.array([last_training_day.get(int(code), 0) for code in subjects[known]])
+            by_days[unit] = accuracy_by_days_since_training(days[known], correct[known], last)
+        metrics["by_days_since_training"] = by_days
     return metrics

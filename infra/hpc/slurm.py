@@ -83,7 +83,9 @@ class SlurmBackend(Backend):
         self._final_state_readers: Mapping[str, Callable[[str], SlurmJobInfo | None]] = {
             "sacct": self._final_from_sacct,
             "scontrol": self._final_from_scontrol,
+            "auto": self._final_from_sacct_or_scontrol,
         }
+        self._sacct_works: bool | None = None  # None until ``auto`` has tried sacct
 
     def submit(self, job: JobSpec) -> BackendJobId:
         command = instantiate(self.settings, job)
@@ -176,6 +178,27 @@ class SlurmBackend(Backend):
             ]
         )
         return parse_sacct(output, native_id)
+
+    def _final_from_sacct_or_scontrol(self, native_id: str) -> SlurmJobInfo | None:
+        # sacct knows a job for as long as accounting keeps it; scontrol forgets it MinJobAge
+        # seconds after it ends. So sacct is preferred, and scontrol used where sacct fails,
+        # as on clusters without accounting storage.
+        if self._sacct_works is not False:
+            try:
+                info = self._final_from_sacct(native_id)
+            except CommandFailedError as exc:
+                if self._sacct_works:
+                    raise
+                logger.warning(
+                    "sacct failed (%s); reading finished Slurm jobs with scontrol from now on. "
+                    "Set hpc.slurm.final_state to sacct or scontrol to choose.",
+                    exc,
+                )
+                self._sacct_works = False
+            else:
+                self._sacct_works = True
+                return info
+        return self._final_from_scontrol(native_id)
 
     def _final_from_scontrol(self, native_id: str) -> SlurmJobInfo | None:
         result = self._run_raw([self._command("scontrol"), "show", "job", "--oneliner", native_id])

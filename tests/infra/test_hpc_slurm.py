@@ -113,6 +113,21 @@ def test_sacct_without_accounting_names_command_and_error(tmp_path: Path) -> Non
     assert "accounting storage is disabled" in str(caught.value)
 
 
+def test_auto_final_state_falls_back_to_scontrol_without_accounting(tmp_path: Path) -> None:
+    settings = hpc_settings(tmp_path, "slurm")
+    assert settings.hpc.slurm.final_state == "auto"
+    backend = create_backend(settings)
+    job_id = backend.submit(JobSpec("exit", {"code": "3"}))
+
+    status = backend.wait(job_id, timeout_s=TIMEOUT_S, poll_s=0.5)
+
+    # The cluster has no accounting storage, so the state comes from scontrol, not the exit
+    # file: its detail is Slurm's state name.
+    assert status.state is JobState.FAILED
+    assert status.exit_code == 3
+    assert status.detail == "FAILED"
+
+
 def _status_once_finished(settings: Settings, job_id: str) -> None:
     backend = create_backend(settings)
     deadline = time.monotonic() + TIMEOUT_S

@@ -23,7 +23,7 @@ from confluent_kafka.admin import AdminClient
 
 from bcratos.config import Settings, load_settings
 from infra import topics
-from infra.orchestrator import Orchestrator, publish_request
+from infra.orchestrator import Orchestrator, _Batch, publish_request
 from infra.retrain_jobs import RetrainJob, list_jobs, record_job
 from schemas import codec
 
@@ -335,3 +335,49 @@ def test_killed_orchestrator_resumes_job(make_env: Callable[..., Env]) -> None:
     job = jobs[0]
     assert job.state == "succeeded", job.message
     assert [line.split()[0] for line in env.runs()] == ["prepare", "train", "announce"]
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now_s = 0.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def _waiting_batch() -> _Batch:
+    return _Batch(first_seen_s=0.0)
+
+
+def test_due_job_waits_for_processors_to_catch_up(tmp_path: Path) -> None:
+    settings = load_settings(
+        data_dir=tmp_path, orchestrator={"debounce_s": 10, "lake_wait_s": 100}
+    )
+    clock = _Clock()
+    lags = [5000, 1000]
+    orchestrator = Orchestrator(settings, clock=clock, lag_reader=lambda _s: lags.pop(0))
+    batch = _waiting_batch()
+
+    clock.now_s = 20.0
+    assert not orchestrator._lake_caught_up("global", batch, clock.now_s)  # 5000 to go
+    clock.now_s = 21.0  # the lag is read again at most every 2 s
+    assert not orchestrator._lake_caught_up("global", batch, clock.now_s)
+    clock.now_s = 23.0
+    assert orchestrator._lake_caught_up("global", batch, clock.now_s)  # 1000: the default limit
+
+
+def test_due_job_starts_after_lake_wait(tmp_path: Path) -> None:
+    settings = load_settings(
+        data_dir=tmp_path, orchestrator={"debounce_s": 10, "lake_wait_s": 100}
+    )
+    orchestrator = Orchestrator(settings, clock=_Clock(), lag_reader=lambda _s: 10**6)
+
+    assert not orchestrator._lake_caught_up("global", _waiting_batch(), 50.0)
+    assert orchestrator._lake_caught_up("global", _waiting_batch(), 110.0)
+
+
+def test_unreadable_lag_does_not_block(tmp_path: Path) -> None:
+    settings = load_settings(data_dir=tmp_path)
+    orchestrator = Orchestrator(settings, clock=_Clock(), lag_reader=lambda _s: None)
+
+    assert orchestrator._lake_caught_up("global", _waiting_batch(), 40.0)

@@ -142,6 +142,21 @@ def test_accuracy_by_days_since_training() -> None:
     }
 
 
+def test_accuracy_by_days_since_each_subjects_training() -> None:
+    # Two subjects whose shifted days are far apart: each counts from its own last day.
+    days = np.array([11, 12, 5003, 5003])
+    correct = np.array([True, False, True, True])
+    last = np.array([10, 10, 5000, 5000])
+
+    table = accuracy_by_days_since_training(days, correct, last_training_day=last)
+
+    assert table == {
+        1: {"samples": 1, "accuracy": 1.0},
+        2: {"samples": 1, "accuracy": 0.0},
+        3: {"samples": 2, "accuracy": 1.0},
+    }
+
+
 def test_docstring_examples_run() -> None:
     import doctest
 
