@@ -786,8 +786,10 @@ def orchestrator_start() -> None:
 
 @orchestrator_app.command("stop")
 def orchestrator_stop() -> None:
-    """Stop an orchestrator started with `bcratos orchestrator start`; its jobs go on and are
-    followed again at the next start."""
+    """Stop an orchestrator started with `bcratos orchestrator start`.
+
+    Its running jobs go on, and the next start follows them again.
+    """
     from infra.orchestrator import SERVICE
     from infra.processes import stop_detached
 
