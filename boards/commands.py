@@ -10,8 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bcratos.config import Settings
+from boards.decoding import DecodingSink
 from boards.publisher import BoardPublisher
 from boards.replay import ReplayResult, open_recording, replay
+from boards.replay.runner import EventSink
+from boards.runtime import DecoderRuntime
 from boards.simulate import Simulation, SimulationConfig
 
 logger = logging.getLogger(__name__)
@@ -40,10 +43,13 @@ def replay_files(
     subject_id: str | None = None,
     speed: float | None = None,
     bin_ms: int | None = None,
+    runtime: DecoderRuntime | None = None,
 ) -> ReplayResult:
     """Replay recordings as one board publishing to the raw topics; sessions in path order.
 
     Each file is one session. Without ``subject_id`` each file's first word is its subject.
+    With ``runtime``, the board also runs the runtime's active decoder on every step and
+    publishes DecoderOutput events (`boards.decoding.DecodingSink`).
     """
     recordings = [
         open_recording(
@@ -60,10 +66,16 @@ def replay_files(
         board_state_dir(settings, board_id),
         topic_prefix=settings.kafka.topic_prefix,
     )
+    sink: EventSink = publisher if runtime is None else DecodingSink(publisher, runtime)
     try:
-        return replay(recordings, publisher, speed=speed)
+        result = replay(recordings, sink, speed=speed)
     finally:
         publisher.close()
+    if isinstance(sink, DecodingSink):
+        result.published["DecoderOutput"] += sink.decoded
+        for reason, frames in sink.skipped.items():
+            logger.info("board %s decoded no step of %d frames: %s", board_id, frames, reason)
+    return result
 
 
 @dataclass(frozen=True)

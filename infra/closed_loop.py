@@ -354,12 +354,15 @@ class ClosedLoop:
                 board_id=board.board_id,
                 subject_id=board.subject_id,
                 speed=self.options.speed,
+                runtime=self._boards[board.board_id].subscriber.runtime,
             )
             for name, count in result.published.items():
                 self.summary.published[name] = self.summary.published.get(name, 0) + count
+            decoded = result.published.get("DecoderOutput", 0)
             self.echo(
                 f"     {board.board_id}: {result.total} events from {len(board.paths)} "
                 f"recordings in {result.elapsed_s:.0f} s"
+                + (f", of which {decoded} outputs of its decoder" if decoded else "")
             )
             if result.unflushed:
                 raise LoopStageError(

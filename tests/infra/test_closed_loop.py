@@ -219,6 +219,15 @@ def test_loop_retrains_on_drift_and_boards_install(tmp_path: Path, backend: str)
     assert any(installed.glob(f"*/{newest['model_version']}")), list(installed.rglob("*"))[:20]
     assert f"board limblab-spike-board: decoder {newest['model_version']}" in output
 
+    # The Spike board decoded the later sessions with the first model and published its outputs.
+    first_model = min(announced, key=lambda row: row["decided_at"])["model_version"]
+    outputs = DeltaTable(str(lake / "bronze" / "decoder_outputs")).to_pyarrow_table(
+        columns=["model_version", "probabilities"]
+    )
+    assert outputs.num_rows > 3 * 10_000
+    assert set(outputs.column("model_version").to_pylist()) == {first_model}
+    assert "of which" in output and "outputs of its decoder" in output
+
     # Report, and the stack stopped by --stop.
     assert (data_dir / "report" / "index.html").is_file()
     assert "stopped the orchestrator, the processors and the broker" in output
