@@ -123,7 +123,8 @@ class LakeSettings(_Section):
     """Lake root: a local path or a delta-rs / Spark URI such as ``s3://bucket/lake``.
     Default: ``<data_dir>/lake``."""
     allowed_regions: list[str] = Field(default_factory=list)
-    """Cloud regions a lake URI may be in; empty allows only local paths and unlisted schemes."""
+    """Cloud regions an object-store lake URI may be in, declared by its ``?region=`` query;
+    empty allows only local paths. URIs of other schemes are always rejected."""
 
 
 class AnonymizationSettings(_Section):
