@@ -192,10 +192,15 @@ def _format_storage(settings: Settings, paths: BrokerPaths) -> None:
 
 
 def _cluster_id() -> str:
-    # Kafka expects a URL-safe base64 form of a random UUID (22 characters).
+    # Kafka expects a URL-safe base64 form of a random UUID (22 characters). One in 64 of those
+    # starts with "-", which the storage tool reads as an option instead of the id's value, so
+    # such an id is drawn again.
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def start(settings: Settings) -> bool:
