@@ -830,7 +830,7 @@ def loop_command(
         int, typer.Option(min=1, help="Spike sessions replayed before the first model.")
     ] = 6,
     timeout: Annotated[
-        float, typer.Option(min=1, help="Longest wait of one stage, in seconds.")
+        float, typer.Option(min=1, help="Maximum wait of one stage, in seconds.")
     ] = 1800.0,
     stop: Annotated[
         bool, typer.Option("--stop", help="Stop the services and the broker at the end.")

@@ -17,7 +17,7 @@ and a rack of boards would, and watches its topics and tables:
 7. **install**: every board installs the announced decoder.
 8. **replay (later days)**: the remaining Spike sessions, weeks later than the training data.
 9. **lake**, then **retrain (drift)**: the drift monitor compares the new spike rates with the
-   reference of the installed model and requests a retrain; the loop waits for a job whose
+   reference of the installed model and requests a retrain. The loop waits for a job whose
    reasons include drift and for its announcement.
 10. **install**: the Spike board installs the retrained decoder.
 11. **report**: ``bcratos report`` writes the HTML report.
@@ -41,21 +41,27 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import KafkaException
 from deltalake import DeltaTable
+from deltalake.exceptions import DeltaError
 
 from bcratos.config import Settings
-from infra.exceptions import StackError
+from streams.exceptions import StreamsError
+from training.errors import TrainingError
 
 logger = logging.getLogger(__name__)
 
 GLOBAL_TARGET: Final = "global"
 SPIKE_BOARD: Final = "limblab-spike-board"
 _SPIKE_DATE: Final = re.compile(r"_(\d{2})-(\d{2})-(\d{2})_")  # Spike_07-18-12_WF_001.mat
-_BRONZE: Final = ("spike_frames", "behavior_events", "eskin_frames", "decoder_outputs")
-_SILVER: Final = ("spike_steps", "eskin_steps")
 
 T = TypeVar("T")
+
+# Errors that a stage's commands raise for a cause outside the loop, such as a missing key or
+# file, an unreachable broker or an unreadable table. The loop reports them with the stage.
+_STAGE_ERRORS: Final = (
+    ValueError, OSError, RuntimeError, KafkaException, DeltaError, StreamsError, TrainingError,
+)
 
 
 class LoopStageError(RuntimeError):
@@ -265,7 +271,7 @@ class ClosedLoop:
             result = action()
         except LoopStageError:
             raise
-        except (ValueError, OSError, StackError, KafkaException, RuntimeError) as exc:
+        except _STAGE_ERRORS as exc:
             raise LoopStageError(name, f"{type(exc).__name__}: {exc}") from exc
         self.echo(f"     {name} done in {time.monotonic() - started:.0f} s")
         return result
@@ -461,8 +467,8 @@ class ClosedLoop:
             f"     announced {version} for {job.target}: score {announced[-1].candidate_score:.3f}"
             f" ({announced[-1].reason})"
         )
-        # A decoder serves the subjects it has read-in layers for; a board of another subject,
-        # such as the e-skin-only iCub hand, rejects it and keeps what it had.
+        # A decoder serves only the subjects it has read-in layers for. A board of another
+        # subject, such as the e-skin-only iCub hand, rejects it and keeps its decoder.
         served = model_subjects(announced[-1].artifact_uri)
         waiting = []
         for board_id in board_ids:
@@ -518,12 +524,13 @@ class ClosedLoop:
         self.summary.report = output
 
     def _summarize(self) -> None:
+        from infra.lag import topic_messages
         from infra.retrain_jobs import list_jobs
         from training.registry import list_models
 
         summary = self.summary
         summary.lake_rows = lake_rows(self.settings)
-        summary.dead_lettered = topic_messages(self.settings, self.settings.topic("dlq"))
+        summary.dead_lettered = topic_messages(self.settings, "dlq")
         manifests = Path(self.settings.lake_uri) / "gold" / "manifests"
         summary.datasets = sorted(path.stem for path in manifests.glob("*.json"))
         summary.jobs = [
@@ -577,41 +584,18 @@ def model_subjects(artifact_uri: str) -> set[str]:
 
 
 def lake_rows(settings: Settings) -> dict[str, int]:
-    """Return the row count of every bronze and silver table that exists."""
+    """Return the row count of every bronze and silver table that exists, read from the Delta
+    logs (`jobs.catalog.table_info`)."""
+    from jobs.catalog import Lake, find_tables, table_info
+
+    lake = Lake.from_settings(settings)
     rows: dict[str, int] = {}
-    root = settings.lake_uri.rstrip("/")
-    for layer, names in (("bronze", _BRONZE), ("silver", _SILVER)):
-        for name in names:
-            uri = f"{root}/{layer}/{name}"
-            if DeltaTable.is_deltatable(uri):
-                rows[f"{layer}.{name}"] = _delta_rows(DeltaTable(uri))
+    for table in find_tables(lake):
+        if table.layer in ("bronze", "silver"):
+            info = table_info(lake, table)
+            if info.rows is not None:
+                rows[table.name] = info.rows
     return rows
-
-
-def _delta_rows(table: DeltaTable) -> int:
-    # The per-file statistics of the log hold the row counts, so no data file is read.
-    actions = table.get_add_actions(flatten=True)
-    return sum(actions.column("num_records").to_pylist())
-
-
-def topic_messages(settings: Settings, topic: str) -> int:
-    """Return the number of messages in ``topic`` (high minus low watermark, all partitions)."""
-    consumer = Consumer(
-        {"bootstrap.servers": settings.kafka.bootstrap, "group.id": "bcratos-loop-watermarks"}
-    )
-    try:
-        metadata = consumer.list_topics(topic, timeout=10.0).topics.get(topic)
-        if metadata is None or metadata.error is not None:
-            return 0
-        total = 0
-        for partition in metadata.partitions:
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=10.0
-            )
-            total += high - low
-        return total
-    finally:
-        consumer.close()
 
 
 def render_summary(summary: LoopSummary) -> Iterator[str]:

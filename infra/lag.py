@@ -70,3 +70,25 @@ def pipeline_lag(settings: Settings) -> int | None:
                 return None
             total += int(figures["lag"])
     return total
+
+
+def topic_messages(settings: Settings, short_topic: str, *, timeout_s: float = 10.0) -> int:
+    """Return the messages that ``short_topic`` keeps: high minus low watermark, summed over
+    its partitions; 0 when the topic does not exist."""
+    topic = settings.topic(short_topic)
+    consumer = Consumer(
+        {"bootstrap.servers": settings.kafka.bootstrap, "group.id": "bcratos-watermarks"}
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            return 0
+        total = 0
+        for partition in metadata.partitions:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=timeout_s
+            )
+            total += high - low
+        return total
+    finally:
+        consumer.close()

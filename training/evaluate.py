@@ -216,8 +216,8 @@ def evaluate_split(
 ) -> dict[str, Any]:
     """Return step-level metrics, trial-level accuracy and accuracy by days since training.
 
-    ``last_training_day`` is one day, or the last training day of each subject code; samples
-    of a subject without one (no training steps) are left out of the table by days.
+    ``last_training_day`` is one day, or the last training day of each subject code. Samples
+    of a subject without training steps are left out of the table by days.
     """
     logits = predict_logits(model, dataset, device=device)
     y_true = dataset.labels_of_targets()

@@ -180,9 +180,9 @@ class SlurmBackend(Backend):
         return parse_sacct(output, native_id)
 
     def _final_from_sacct_or_scontrol(self, native_id: str) -> SlurmJobInfo | None:
-        # sacct knows a job for as long as accounting keeps it; scontrol forgets it MinJobAge
-        # seconds after it ends. So sacct is preferred, and scontrol used where sacct fails,
-        # as on clusters without accounting storage.
+        # sacct reports a job for as long as accounting keeps it, and scontrol only until
+        # MinJobAge seconds after it ends. So sacct comes first, and scontrol is the fallback
+        # on clusters without accounting storage.
         if self._sacct_works is not False:
             try:
                 info = self._final_from_sacct(native_id)

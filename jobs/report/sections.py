@@ -13,12 +13,12 @@ PSEUDONYM_CHARS: Final = 8
 class Missing:
     """A source that does not exist yet, and the command that creates it."""
 
-    what: str  # such as "no exported models under /data/models"
+    reason: str  # such as "no exported models under /data/models"
     command: str  # such as "bcratos train --dataset NAME"
 
     def note(self) -> str:
         """Return the line the report shows in place of the section's figures."""
-        return f"no data: {self.what}; run `{self.command}` first"
+        return f"no data: {self.reason}; run `{self.command}` first"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The closed loop of ``bcratos loop`` (what ``make run`` runs).
 
 The integration tests run the command on a reduced set of the real recordings, with a broker of
-their own, on the ``local`` and the ``slurm`` backend, and check what every stage left behind:
+their own, on the ``local`` and the ``slurm`` backend. They check what every stage left behind:
 lake rows, dataset manifests, retrain jobs with volume and drift evidence, signed and announced
 models, and the decoder that the replayed Spike board installed.
 """
@@ -226,7 +226,8 @@ def test_loop_retrains_on_drift_and_boards_install(tmp_path: Path, backend: str)
     )
     assert outputs.num_rows > 3 * 10_000
     assert set(outputs.column("model_version").to_pylist()) == {first_model}
-    assert "of which" in output and "outputs of its decoder" in output
+    assert "of which" in output
+    assert "outputs of its decoder" in output
 
     # Report, and the stack stopped by --stop.
     assert (data_dir / "report" / "index.html").is_file()

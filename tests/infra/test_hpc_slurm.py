@@ -113,7 +113,7 @@ def test_sacct_without_accounting_names_command_and_error(tmp_path: Path) -> Non
     assert "accounting storage is disabled" in str(caught.value)
 
 
-def test_auto_final_state_falls_back_to_scontrol_without_accounting(tmp_path: Path) -> None:
+def test_auto_final_state_uses_scontrol(tmp_path: Path) -> None:
     settings = hpc_settings(tmp_path, "slurm")
     assert settings.hpc.slurm.final_state == "auto"
     backend = create_backend(settings)

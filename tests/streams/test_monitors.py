@@ -32,7 +32,8 @@ from training.registry import ModelEntry, record_model
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _behavior(subject: str, kind: str = "class_label") -> dict[str, Any]:
+def _anonymized(subject: str) -> dict[str, Any]:
+    """Return the fields that every anonymized record of one session shares."""
     return {
         "subject_pseudonym": subject,
         "board_pseudonym": "b" * 20,
@@ -41,6 +42,12 @@ def _behavior(subject: str, kind: str = "class_label") -> dict[str, Any]:
         "seq": 1,
         "session_day": 19000,
         "t_session_us": 0,
+    }
+
+
+def _behavior(subject: str, kind: str = "class_label") -> dict[str, Any]:
+    return {
+        **_anonymized(subject),
         "kind": kind,
         "label": "power",
     }
@@ -49,13 +56,7 @@ def _behavior(subject: str, kind: str = "class_label") -> dict[str, Any]:
 def _spikes(subject: str, rate_hz: list[float], n_bins: int = 100) -> dict[str, Any]:
     counts = np.tile(np.asarray(rate_hz) * 0.05, (n_bins, 1)).astype("<i4")  # (bins, channels)
     return {
-        "subject_pseudonym": subject,
-        "board_pseudonym": "b" * 20,
-        "session_pseudonym": "s" * 20,
-        "key_id": "k1",
-        "seq": 1,
-        "session_day": 19000,
-        "t_session_us": 0,
+        **_anonymized(subject),
         "schema_version": 1,
         "n_bins": n_bins,
         "n_channels": len(rate_hz),
@@ -236,8 +237,8 @@ def test_drift_windows_tumble() -> None:
 
 
 def test_drift_score_in_units_of_training_spread() -> None:
-    # A channel whose one-minute mean varied by 9 Hz in the training data moves 40 Hz: 4 units;
-    # one that varied by 59 Hz moves 60 Hz: 1 unit.
+    # A channel whose one-minute mean varied by 9 Hz in the training data moves 40 Hz, which is
+    # 4 units. One that varied by 59 Hz moves 60 Hz, which is 1 unit.
     state = _state(drift_threshold=2.6, drift_min_bins=100, drift_cooldown_s=0)
     state.set_references(
         {

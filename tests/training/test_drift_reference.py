@@ -85,7 +85,7 @@ def test_reference_of_one_subject_model(tmp_path: Path) -> None:
     assert list(reference["subjects"]) == ["subj-b"]
 
 
-def test_window_spread_spans_sessions_and_skips_subjects_without_training(tmp_path: Path) -> None:
+def test_window_spread_across_sessions(tmp_path: Path) -> None:
     # 1200 steps of 50 ms are one minute: one window per session, mean rates 20 and 60 Hz.
     arrays = _arrays(
         [
